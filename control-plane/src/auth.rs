@@ -1,0 +1,165 @@
+//! Who is calling, and may they do this. Every REST handler takes a [`Principal`] (the extractor
+//! is in `http::extract`) and calls [`Principal::authorize`] with an [`Action`]; gRPC calls get an
+//! agent principal from the verified client certificate. [P2] replaces the role table in
+//! [`role_allows`] with casbin policies behind the same `authorize` call.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::http::error::ApiError;
+
+/// Fixed roles until [P2] adds custom roles and label scoping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Viewer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(Self::Owner),
+            "admin" => Some(Self::Admin),
+            "viewer" => Some(Self::Viewer),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who did something, as the audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    ApiToken {
+        id: Uuid,
+        name: String,
+    },
+    Agent {
+        node_id: Uuid,
+    },
+    /// The server itself, or an operator at the server's console (`moltops-server admin …`).
+    System {
+        what: &'static str,
+    },
+}
+
+impl Actor {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ApiToken { .. } => "api_token",
+            Self::Agent { .. } => "agent",
+            Self::System { .. } => "system",
+        }
+    }
+
+    pub fn id(&self) -> String {
+        match self {
+            Self::ApiToken { id, .. } => id.to_string(),
+            Self::Agent { node_id } => node_id.to_string(),
+            Self::System { what } => (*what).to_owned(),
+        }
+    }
+
+    /// A short label for `created_by` columns: `api_token:<id>`.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.kind(), self.id())
+    }
+}
+
+/// What a caller wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    NodesRead,
+    NodesWrite,
+    NodesRevoke,
+    CommandsRead,
+    CommandsCreate,
+    EnrollmentTokensRead,
+    EnrollmentTokensWrite,
+    CaRead,
+}
+
+/// An authenticated caller of the REST API.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub actor: Actor,
+    pub role: Role,
+}
+
+impl Principal {
+    /// The one enforcement point for REST handlers.
+    pub fn authorize(&self, action: Action) -> Result<(), ApiError> {
+        if role_allows(self.role, action) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "role {} may not perform this operation",
+                self.role
+            )))
+        }
+    }
+}
+
+/// The role table. Viewers read; Admins operate the fleet; Owners do everything.
+pub fn role_allows(role: Role, action: Action) -> bool {
+    use Action::*;
+    match role {
+        Role::Owner => true,
+        Role::Admin => true,
+        Role::Viewer => matches!(
+            action,
+            NodesRead | CommandsRead | EnrollmentTokensRead | CaRead
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viewers_only_read() {
+        for action in [
+            Action::NodesWrite,
+            Action::NodesRevoke,
+            Action::CommandsCreate,
+            Action::EnrollmentTokensWrite,
+        ] {
+            assert!(!role_allows(Role::Viewer, action), "{action:?}");
+            assert!(role_allows(Role::Admin, action), "{action:?}");
+            assert!(role_allows(Role::Owner, action), "{action:?}");
+        }
+        for action in [
+            Action::NodesRead,
+            Action::CommandsRead,
+            Action::EnrollmentTokensRead,
+            Action::CaRead,
+        ] {
+            assert!(role_allows(Role::Viewer, action), "{action:?}");
+        }
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for role in [Role::Owner, Role::Admin, Role::Viewer] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+}

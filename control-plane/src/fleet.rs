@@ -1,0 +1,571 @@
+//! The fleet registry: nodes, their labels and liveness, and the command queue rows that
+//! belong to them. Shared by the REST handlers and the gRPC service.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+/// Label sets are small maps of short strings, like Kubernetes labels.
+pub type Labels = BTreeMap<String, String>;
+
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// Postgres channels the replicas listen on.
+pub const CHANNEL_NODE_REVOKED: &str = "moltops_node_revoked";
+pub const CHANNEL_COMMAND_QUEUED: &str = "moltops_command_queued";
+
+/// Checks label keys and values; the message names the offending label.
+pub fn validate_labels(labels: &Labels) -> Result<(), String> {
+    if labels.len() > MAX_LABELS {
+        return Err(format!("at most {MAX_LABELS} labels are allowed"));
+    }
+    for (key, value) in labels {
+        if !is_label_token(key, false) {
+            return Err(format!(
+                "label key {key:?} must be 1-{MAX_LABEL_LEN} characters of [A-Za-z0-9._/-], starting and ending with a letter or digit"
+            ));
+        }
+        if !is_label_token(value, true) {
+            return Err(format!(
+                "label {key:?} has value {value:?}: values must be at most {MAX_LABEL_LEN} characters of [A-Za-z0-9._-], starting and ending with a letter or digit"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_label_token(s: &str, is_value: bool) -> bool {
+    if s.is_empty() {
+        return is_value;
+    }
+    let bytes = s.as_bytes();
+    let edge_ok = |b: u8| b.is_ascii_alphanumeric();
+    s.len() <= MAX_LABEL_LEN
+        && edge_ok(bytes[0])
+        && edge_ok(bytes[bytes.len() - 1])
+        && bytes.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || b == b'.'
+                || b == b'_'
+                || b == b'-'
+                || (!is_value && b == b'/')
+        })
+}
+
+/// A label selector: `env=prod,tier!=db,canary` (equality, inequality, existence; all must hold).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Selector {
+    pub equals: Labels,
+    pub not_equals: Vec<(String, String)>,
+    pub exists: Vec<String>,
+}
+
+impl Selector {
+    pub fn parse(input: &str) -> Result<Self, String> {
+        let mut selector = Self::default();
+        for term in input.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if let Some((k, v)) = term.split_once("!=") {
+                check_term(k, v, term)?;
+                selector
+                    .not_equals
+                    .push((k.trim().to_owned(), v.trim().to_owned()));
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                check_term(k, v, term)?;
+                selector
+                    .equals
+                    .insert(k.trim().to_owned(), v.trim().to_owned());
+            } else {
+                if !is_label_token(term, false) {
+                    return Err(format!("selector term {term:?} is not a label key"));
+                }
+                selector.exists.push(term.to_owned());
+            }
+        }
+        Ok(selector)
+    }
+
+    fn equals_json(&self) -> Value {
+        serde_json::to_value(&self.equals).unwrap_or_default()
+    }
+
+    fn not_equals_json(&self) -> Value {
+        Value::Array(
+            self.not_equals
+                .iter()
+                .map(|(k, v)| serde_json::json!({ k: v }))
+                .collect(),
+        )
+    }
+}
+
+fn check_term(k: &str, v: &str, term: &str) -> Result<(), String> {
+    if is_label_token(k.trim(), false) && is_label_token(v.trim(), true) {
+        Ok(())
+    } else {
+        Err(format!(
+            "selector term {term:?} is not key=value or key!=value"
+        ))
+    }
+}
+
+/// A node's liveness, derived from stored facts and the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Online,
+    Offline,
+    Revoked,
+}
+
+impl NodeStatus {
+    /// A node is online while its stream is open and its last heartbeat is within the window.
+    /// The SQL filter in [`list_nodes`] states the same rule; a test keeps them in agreement.
+    pub fn derive(
+        revoked: bool,
+        connected: bool,
+        last_seen: Option<DateTime<Utc>>,
+        online_since: DateTime<Utc>,
+    ) -> Self {
+        if revoked {
+            Self::Revoked
+        } else if connected && last_seen.is_some_and(|t| t > online_since) {
+            Self::Online
+        } else {
+            Self::Offline
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "online" => Some(Self::Online),
+            "offline" => Some(Self::Offline),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Offline => "offline",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
+/// How liveness is judged.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// A node whose last heartbeat is older than this is offline.
+    pub window: Duration,
+}
+
+impl Liveness {
+    pub fn online_since(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now - self.window
+    }
+}
+
+/// A node as stored.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub id: Uuid,
+    pub hostname: String,
+    pub labels: Value,
+    pub agent_version: String,
+    pub os: String,
+    pub os_version: String,
+    pub arch: String,
+    pub cpu_cores: i32,
+    pub memory_bytes: i64,
+    pub disk_free_bytes: i64,
+    pub enrolled_at: DateTime<Utc>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub connected: bool,
+    pub certificate_not_after: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl NodeRow {
+    pub fn status(&self, liveness: Liveness, now: DateTime<Utc>) -> NodeStatus {
+        NodeStatus::derive(
+            self.revoked_at.is_some(),
+            self.connected,
+            self.last_seen,
+            liveness.online_since(now),
+        )
+    }
+
+    pub fn labels(&self) -> Labels {
+        serde_json::from_value(self.labels.clone()).unwrap_or_default()
+    }
+}
+
+/// Filters and page of a node listing.
+#[derive(Debug, Default, Clone)]
+pub struct NodeQuery {
+    pub selector: Selector,
+    pub status: Option<NodeStatus>,
+    pub after: Option<Uuid>,
+    pub limit: i64,
+}
+
+pub async fn get_node(
+    db: impl PgExecutor<'_>,
+    node_id: Uuid,
+) -> Result<Option<NodeRow>, sqlx::Error> {
+    sqlx::query_as!(
+        NodeRow,
+        "select id, hostname, labels, agent_version, os, os_version, arch, cpu_cores, memory_bytes,
+                disk_free_bytes, enrolled_at, last_seen, connected, certificate_not_after, revoked_at
+         from nodes where id = $1",
+        node_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// One page of nodes in id order (ids are UUIDv7, so that is enrollment order). Fetches one row
+/// more than asked, so the caller knows whether there is a next page.
+pub async fn list_nodes(
+    db: impl PgExecutor<'_>,
+    query: &NodeQuery,
+    liveness: Liveness,
+    now: DateTime<Utc>,
+) -> Result<Vec<NodeRow>, sqlx::Error> {
+    let exists: Vec<String> = query.selector.exists.clone();
+    sqlx::query_as!(
+        NodeRow,
+        r#"select id, hostname, labels, agent_version, os, os_version, arch, cpu_cores, memory_bytes,
+                  disk_free_bytes, enrolled_at, last_seen, connected, certificate_not_after, revoked_at
+           from nodes n
+           where ($1::uuid is null or n.id > $1)
+             and n.labels @> $2::jsonb
+             and not exists (select 1 from jsonb_array_elements($3::jsonb) e where n.labels @> e)
+             and n.labels ?& $4::text[]
+             and (
+               $5::text is null
+               or ($5 = 'revoked' and n.revoked_at is not null)
+               or ($5 = 'online' and n.revoked_at is null and n.connected and n.last_seen > $6)
+               or ($5 = 'offline' and n.revoked_at is null
+                   and not (n.connected and coalesce(n.last_seen > $6, false)))
+             )
+           order by n.id
+           limit $7"#,
+        query.after,
+        query.selector.equals_json(),
+        query.selector.not_equals_json(),
+        &exists,
+        query.status.map(NodeStatus::as_str),
+        liveness.online_since(now),
+        query.limit + 1,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Facts an agent reports about its host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os: String,
+    pub os_version: String,
+    pub arch: String,
+    pub cpu_cores: i32,
+    pub memory_bytes: i64,
+    pub disk_free_bytes: i64,
+}
+
+/// Bounds what an agent may write into the registry: strings are cut to a sane length and
+/// stripped of control characters (Postgres rejects NUL), numbers clamp to the column type.
+impl From<moltops_proto::agent::HostFacts> for HostFacts {
+    fn from(f: moltops_proto::agent::HostFacts) -> Self {
+        fn clean(s: String) -> String {
+            s.chars().filter(|c| !c.is_control()).take(255).collect()
+        }
+        Self {
+            hostname: clean(f.hostname),
+            os: clean(f.os),
+            os_version: clean(f.os_version),
+            arch: clean(f.arch),
+            cpu_cores: i32::try_from(f.cpu_cores).unwrap_or(i32::MAX),
+            memory_bytes: i64::try_from(f.memory_bytes).unwrap_or(i64::MAX),
+            disk_free_bytes: i64::try_from(f.disk_free_bytes).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// Records a hello on a new stream: facts, version, and which stream is current.
+pub async fn record_hello(
+    db: impl PgExecutor<'_>,
+    node_id: Uuid,
+    session_id: Uuid,
+    agent_version: &str,
+    facts: &HostFacts,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let row = sqlx::query!(
+        "update nodes set connected = true, session_id = $2, last_seen = $3, agent_version = $4,
+                hostname = $5, os = $6, os_version = $7, arch = $8, cpu_cores = $9,
+                memory_bytes = $10, disk_free_bytes = $11
+         where id = $1 and revoked_at is null
+         returning id",
+        node_id,
+        session_id,
+        now,
+        agent_version,
+        facts.hostname,
+        facts.os,
+        facts.os_version,
+        facts.arch,
+        facts.cpu_cores,
+        facts.memory_bytes,
+        facts.disk_free_bytes,
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// What a heartbeat learns: whether the node is still allowed, and whether work is waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatOutcome {
+    pub revoked: bool,
+    pub queued_commands: i64,
+}
+
+pub async fn record_heartbeat(
+    db: impl PgExecutor<'_>,
+    node_id: Uuid,
+    session_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<HeartbeatOutcome, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"update nodes set last_seen = case when session_id = $2 then $3 else last_seen end
+           where id = $1
+           returning revoked_at is not null as "revoked!",
+                     (select count(*) from commands c where c.node_id = $1 and c.status = 'queued') as "queued!""#,
+        node_id,
+        session_id,
+        now
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(match row {
+        Some(r) => HeartbeatOutcome {
+            revoked: r.revoked,
+            queued_commands: r.queued,
+        },
+        None => HeartbeatOutcome {
+            revoked: true,
+            queued_commands: 0,
+        },
+    })
+}
+
+/// Marks the node disconnected, unless a newer stream has said hello since.
+pub async fn record_disconnect(
+    db: impl PgExecutor<'_>,
+    node_id: Uuid,
+    session_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "update nodes set connected = false where id = $1 and session_id = $2",
+        node_id,
+        session_id
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A queued, sent or finished command.
+#[derive(Debug, Clone)]
+pub struct CommandRow {
+    pub id: Uuid,
+    pub node_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Queues a command and wakes whichever replica holds the node's stream (the notification is
+/// delivered on commit).
+pub async fn enqueue_command(
+    conn: &mut PgConnection,
+    node_id: Uuid,
+    kind: &str,
+    payload: &Value,
+    created_by: &str,
+    now: DateTime<Utc>,
+) -> Result<CommandRow, sqlx::Error> {
+    let row = sqlx::query_as!(
+        CommandRow,
+        "insert into commands (id, node_id, kind, status, payload, created_by, created_at)
+         values ($1, $2, $3, 'queued', $4, $5, $6)
+         returning id, node_id, kind, status, result, error, created_by, created_at, sent_at, completed_at",
+        Uuid::now_v7(),
+        node_id,
+        kind,
+        payload,
+        created_by,
+        now
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "select pg_notify($1, $2)",
+        CHANNEL_COMMAND_QUEUED,
+        node_id.to_string()
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(row)
+}
+
+pub async fn get_command(
+    db: impl PgExecutor<'_>,
+    node_id: Uuid,
+    command_id: Uuid,
+) -> Result<Option<CommandRow>, sqlx::Error> {
+    sqlx::query_as!(
+        CommandRow,
+        "select id, node_id, kind, status, result, error, created_by, created_at, sent_at, completed_at
+         from commands where id = $1 and node_id = $2",
+        command_id,
+        node_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Claims the node's queued commands for sending. `skip locked` lets two replicas that both
+/// think they hold the stream (briefly, during a reconnect) never send the same command twice.
+pub async fn claim_queued_commands(
+    db: impl PgExecutor<'_>,
+    node_id: Uuid,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(Uuid, String, Value)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "update commands set status = 'sent', sent_at = $2
+         where id in (select id from commands where node_id = $1 and status = 'queued'
+                      order by created_at, id limit $3 for update skip locked)
+         returning id, kind, payload",
+        node_id,
+        now,
+        limit
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.id, r.kind, r.payload))
+        .collect())
+}
+
+/// Stores a command's result. Only this node's own, sent commands can be completed: the node
+/// id comes from the verified certificate, so one agent cannot complete another's commands.
+pub async fn complete_command(
+    db: impl PgExecutor<'_>,
+    node_id: Uuid,
+    command_id: Uuid,
+    outcome: Result<Value, String>,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let (status, result, error) = match outcome {
+        Ok(v) => ("succeeded", Some(v), None),
+        Err(e) => ("failed", None, Some(e)),
+    };
+    let done = sqlx::query!(
+        "update commands set status = $3, result = $4, error = $5, completed_at = $6
+         where id = $1 and node_id = $2 and status = 'sent'",
+        command_id,
+        node_id,
+        status,
+        result,
+        error,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_rules() {
+        let ok: Labels = [
+            ("env".into(), "prod".into()),
+            ("team/owner".into(), "".into()),
+        ]
+        .into();
+        assert!(validate_labels(&ok).is_ok());
+        for (k, v) in [
+            ("", "x"),
+            ("-x", "y"),
+            ("a b", "c"),
+            ("k", "v/w"),
+            ("k", "\u{0}"),
+            ("k", "-v"),
+        ] {
+            let bad: Labels = [(k.to_owned(), v.to_owned())].into();
+            assert!(validate_labels(&bad).is_err(), "{k:?}={v:?}");
+        }
+        let long: Labels = [("k".repeat(64), "v".into())].into();
+        assert!(validate_labels(&long).is_err());
+        let many: Labels = (0..65).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        assert!(validate_labels(&many).is_err());
+    }
+
+    #[test]
+    fn selector_parsing() {
+        let s = Selector::parse("env=prod, tier!=db,canary,region==eu").unwrap();
+        assert_eq!(
+            s.equals,
+            Labels::from([
+                ("env".into(), "prod".into()),
+                ("region".into(), "eu".into())
+            ])
+        );
+        assert_eq!(s.not_equals, vec![("tier".to_owned(), "db".to_owned())]);
+        assert_eq!(s.exists, vec!["canary".to_owned()]);
+        assert_eq!(Selector::parse("").unwrap(), Selector::default());
+        for bad in ["=x", "a=b=c", "a b", "k!=", "k=v w"] {
+            assert!(Selector::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn status_derivation() {
+        let now = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        let since = now - Duration::seconds(45);
+        let recent = Some(now - Duration::seconds(10));
+        let stale = Some(now - Duration::seconds(46));
+        let check = |revoked, connected, seen, expected| {
+            assert_eq!(
+                NodeStatus::derive(revoked, connected, seen, since),
+                expected,
+                "{revoked} {connected} {seen:?}"
+            );
+        };
+        check(false, true, recent, NodeStatus::Online);
+        check(false, true, stale, NodeStatus::Offline);
+        check(false, false, recent, NodeStatus::Offline);
+        check(false, true, None, NodeStatus::Offline);
+        check(true, true, recent, NodeStatus::Revoked);
+    }
+}

@@ -1,0 +1,166 @@
+//! Extractors that turn every malformed request into the `{code, message}` envelope, and the
+//! bearer-token authenticator that yields a [`Principal`].
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::{Actor, Principal, Role};
+use crate::crypto::hash_secret;
+
+/// JSON body; a syntax error is 400, a body of the wrong shape is 422, a wrong content type 415.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::JsonDataError(e) => ApiError::validation(e.body_text()),
+                JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(e.body_text()),
+                JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                    axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "expected a request body with Content-Type: application/json",
+                ),
+                other => ApiError::bad_request(other.body_text()),
+            }),
+        }
+    }
+}
+
+/// Path parameters; an id that does not parse is 404 (no such object), not 500.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::not_found(
+                format!("no such object: {}", e.body_text()),
+            )),
+            Err(other) => Err(ApiError::bad_request(other.body_text())),
+        }
+    }
+}
+
+/// Query string; anything that does not parse is 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
+                Err(ApiError::bad_request(e.body_text()))
+            }
+            Err(other) => Err(ApiError::bad_request(other.body_text())),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+        let value = header
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
+        authenticate_api_token(state, token).await
+    }
+}
+
+async fn authenticate_api_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let now = state.clock.now();
+    let hash = hash_secret(token);
+    let row = sqlx::query!(
+        r#"select id, name, role, last_used_at from api_tokens
+           where token_hash = $1 and revoked_at is null and (expires_at is null or expires_at > $2)"#,
+        hash,
+        now
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked token"))?;
+    let role =
+        Role::parse(&row.role).ok_or_else(|| ApiError::internal("unknown role in api_tokens"))?;
+    // Touch at most once a minute: an audit aid, not worth a write per request.
+    if row
+        .last_used_at
+        .is_none_or(|t| now - t > chrono::Duration::seconds(60))
+    {
+        sqlx::query!(
+            "update api_tokens set last_used_at = $2 where id = $1",
+            row.id,
+            now
+        )
+        .execute(&state.pool)
+        .await?;
+    }
+    Ok(Principal {
+        actor: Actor::ApiToken {
+            id: row.id,
+            name: row.name,
+        },
+        role,
+    })
+}
+
+/// A JSON body that may be left out entirely (then `T::default()`); if present, it is parsed
+/// with the same rules as [`ApiJson`].
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let has_body = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v != "0")
+            && (req.headers().contains_key(axum::http::header::CONTENT_TYPE)
+                || req
+                    .headers()
+                    .contains_key(axum::http::header::CONTENT_LENGTH)
+                || req
+                    .headers()
+                    .contains_key(axum::http::header::TRANSFER_ENCODING));
+        if !has_body {
+            return Ok(Self(T::default()));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => ApiError::validation(e.to_string()),
+                _ => ApiError::bad_request(e.to_string()),
+            })
+    }
+}

@@ -1,0 +1,120 @@
+//! The REST API on the HTTP port. Every route is registered through [`RouteTable::add`], which
+//! also records `(method, path)`, so a test can prove the router and `api/openapi.yaml` agree.
+
+mod enrollment_tokens;
+pub mod error;
+pub mod extract;
+mod nodes;
+mod system;
+
+use axum::Router;
+use axum::http::{Method, StatusCode};
+use axum::routing::{MethodRouter, delete, get, patch, post};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+pub use crate::serve::AppState;
+use error::ApiError;
+
+/// Request bodies above this are refused with 413.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// One registered operation.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Operation {
+    pub method: String,
+    pub path: &'static str,
+}
+
+struct RouteTable {
+    router: Router<AppState>,
+    operations: Vec<Operation>,
+}
+
+impl RouteTable {
+    fn add(mut self, method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Self {
+        self.operations.push(Operation {
+            method: method.as_str().to_ascii_lowercase(),
+            path,
+        });
+        self.router = self.router.route(path, handler);
+        self
+    }
+}
+
+fn table() -> RouteTable {
+    RouteTable {
+        router: Router::new(),
+        operations: Vec::new(),
+    }
+    .add(Method::GET, "/health", get(system::health))
+    .add(Method::GET, "/v1/ca", get(system::certificate_authority))
+    .add(
+        Method::POST,
+        "/v1/enrollment-tokens",
+        post(enrollment_tokens::create),
+    )
+    .add(
+        Method::GET,
+        "/v1/enrollment-tokens",
+        get(enrollment_tokens::list),
+    )
+    .add(
+        Method::DELETE,
+        "/v1/enrollment-tokens/{token_id}",
+        delete(enrollment_tokens::revoke),
+    )
+    .add(Method::GET, "/v1/nodes", get(nodes::list))
+    .add(Method::GET, "/v1/nodes/{node_id}", get(nodes::get_one))
+    .add(
+        Method::PATCH,
+        "/v1/nodes/{node_id}",
+        patch(nodes::update_labels),
+    )
+    .add(
+        Method::POST,
+        "/v1/nodes/{node_id}/revoke",
+        post(nodes::revoke),
+    )
+    .add(
+        Method::GET,
+        "/v1/nodes/{node_id}/system/info",
+        get(nodes::system_info),
+    )
+    .add(Method::POST, "/v1/nodes/{node_id}/ping", post(nodes::ping))
+    .add(
+        Method::GET,
+        "/v1/nodes/{node_id}/commands/{command_id}",
+        get(nodes::get_command),
+    )
+}
+
+/// Every operation the router serves, for the contract test.
+pub fn operations() -> Vec<Operation> {
+    let mut ops = table().operations;
+    ops.sort();
+    ops
+}
+
+/// The complete REST router.
+pub fn router(state: AppState) -> Router {
+    table()
+        .router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}

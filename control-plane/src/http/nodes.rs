@@ -1,0 +1,380 @@
+//! `/v1/nodes…`: the fleet registry, revocation, system info, and the ping command.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+use crate::audit::{self, AuditEvent, Outcome};
+use crate::auth::{Action, Principal};
+use crate::fleet::{
+    self, CommandRow, Labels, NodeQuery, NodeRow, NodeStatus, Selector, validate_labels,
+};
+
+pub const DEFAULT_PAGE: i64 = 100;
+pub const MAX_PAGE: i64 = 1000;
+const MAX_REASON_LEN: usize = 1000;
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub id: Uuid,
+    pub hostname: String,
+    pub labels: Labels,
+    pub status: NodeStatus,
+    pub agent_version: String,
+    pub os: String,
+    pub arch: String,
+    pub enrolled_at: DateTime<Utc>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub certificate_not_after: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl NodeView {
+    fn new(row: NodeRow, state: &AppState, now: DateTime<Utc>) -> Self {
+        Self {
+            status: row.status(state.settings.liveness, now),
+            labels: row.labels(),
+            id: row.id,
+            hostname: row.hostname,
+            agent_version: row.agent_version,
+            os: row.os,
+            arch: row.arch,
+            enrolled_at: row.enrolled_at,
+            last_seen: row.last_seen,
+            certificate_not_after: row.certificate_not_after,
+            revoked_at: row.revoked_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeList {
+    pub items: Vec<NodeView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    pub selector: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+fn encode_cursor(id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(id.as_bytes())
+}
+
+fn decode_cursor(cursor: &str) -> Option<Uuid> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    Uuid::from_slice(&bytes).ok()
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> ApiResult<Json<NodeList>> {
+    principal.authorize(Action::NodesRead)?;
+    let selector =
+        Selector::parse(params.selector.as_deref().unwrap_or("")).map_err(ApiError::bad_request)?;
+    let status = match params.status.as_deref() {
+        None => None,
+        Some(s) => Some(NodeStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request("status must be one of online, offline, revoked")
+        })?),
+    };
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let after = match params.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?),
+    };
+    let now = state.clock.now();
+    let query = NodeQuery {
+        selector,
+        status,
+        after,
+        limit,
+    };
+    let mut rows = fleet::list_nodes(&state.pool, &query, state.settings.liveness, now).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let next_cursor = if has_more {
+        rows.last().map(|r| encode_cursor(r.id))
+    } else {
+        None
+    };
+    Ok(Json(NodeList {
+        items: rows
+            .into_iter()
+            .map(|r| NodeView::new(r, &state, now))
+            .collect(),
+        next_cursor,
+    }))
+}
+
+async fn load(state: &AppState, node_id: Uuid) -> ApiResult<NodeRow> {
+    fleet::get_node(&state.pool, node_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such node"))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(node_id): ApiPath<Uuid>,
+) -> ApiResult<Json<NodeView>> {
+    principal.authorize(Action::NodesRead)?;
+    let row = load(&state, node_id).await?;
+    Ok(Json(NodeView::new(row, &state, state.clock.now())))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// Replaces the node's labels.
+    pub labels: Labels,
+}
+
+pub async fn update_labels(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(node_id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<UpdateRequest>,
+) -> ApiResult<Json<NodeView>> {
+    principal.authorize(Action::NodesWrite)?;
+    validate_labels(&body.labels).map_err(ApiError::validation)?;
+    let now = state.clock.now();
+    let labels = serde_json::to_value(&body.labels).map_err(ApiError::internal)?;
+    let mut tx = state.pool.begin().await?;
+    let previous = sqlx::query!("select labels from nodes where id = $1 for update", node_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such node"))?;
+    sqlx::query!(
+        "update nodes set labels = $2 where id = $1",
+        node_id,
+        labels
+    )
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        now,
+        AuditEvent {
+            actor: &principal.actor,
+            action: "node.update_labels",
+            target_kind: "node",
+            target_id: node_id.to_string(),
+            reason: None,
+            outcome: Outcome::Success,
+            detail: json!({ "before": previous.labels, "after": labels }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    let row = load(&state, node_id).await?;
+    Ok(Json(NodeView::new(row, &state, now)))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Why; recorded in the audit log.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Revokes the node: its stream is closed within seconds (every replica hears the notification;
+/// the heartbeat check is the backstop) and its certificate is refused from then on.
+pub async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(node_id): ApiPath<Uuid>,
+    OptionalJson(body): OptionalJson<RevokeRequest>,
+) -> ApiResult<Json<NodeView>> {
+    principal.authorize(Action::NodesRevoke)?;
+    let reason = body.reason.unwrap_or_default();
+    if reason.chars().count() > MAX_REASON_LEN || reason.chars().any(char::is_control) {
+        return Err(ApiError::validation(format!(
+            "reason must be at most {MAX_REASON_LEN} characters, without control characters"
+        )));
+    }
+    let now = state.clock.now();
+    let mut tx = state.pool.begin().await?;
+    let row = sqlx::query!(
+        "select revoked_at from nodes where id = $1 for update",
+        node_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such node"))?;
+    if row.revoked_at.is_none() {
+        sqlx::query!(
+            "update nodes set revoked_at = $2, revoked_reason = $3, connected = false where id = $1",
+            node_id,
+            now,
+            reason
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "select pg_notify($1, $2)",
+            fleet::CHANNEL_NODE_REVOKED,
+            node_id.to_string()
+        )
+        .execute(&mut *tx)
+        .await?;
+        audit::record(
+            &mut tx,
+            now,
+            AuditEvent {
+                actor: &principal.actor,
+                action: "node.revoke",
+                target_kind: "node",
+                target_id: node_id.to_string(),
+                reason: Some(&reason),
+                outcome: Outcome::Success,
+                detail: json!({}),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let row = load(&state, node_id).await?;
+    Ok(Json(NodeView::new(row, &state, now)))
+}
+
+/// The seed contract's `SystemInfo`, as the agent last reported it.
+#[derive(Debug, Serialize)]
+pub struct SystemInfo {
+    pub os: String,
+    pub os_version: String,
+    pub arch: String,
+    pub cpu_cores: i32,
+    pub memory_bytes: i64,
+    pub disk_free_bytes: i64,
+    pub hostname: String,
+}
+
+pub async fn system_info(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(node_id): ApiPath<Uuid>,
+) -> ApiResult<Json<SystemInfo>> {
+    principal.authorize(Action::NodesRead)?;
+    let row = load(&state, node_id).await?;
+    Ok(Json(SystemInfo {
+        os: row.os,
+        os_version: row.os_version,
+        arch: row.arch,
+        cpu_cores: row.cpu_cores,
+        memory_bytes: row.memory_bytes,
+        disk_free_bytes: row.disk_free_bytes,
+        hostname: row.hostname,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommandView {
+    pub id: Uuid,
+    pub node_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<CommandRow> for CommandView {
+    fn from(r: CommandRow) -> Self {
+        Self {
+            id: r.id,
+            node_id: r.node_id,
+            kind: r.kind,
+            status: r.status,
+            result: r.result,
+            error: r.error,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            sent_at: r.sent_at,
+            completed_at: r.completed_at,
+        }
+    }
+}
+
+/// Queues a `Ping`; the agent's `Pong` shows up on the command.
+pub async fn ping(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(node_id): ApiPath<Uuid>,
+) -> ApiResult<(StatusCode, Json<CommandView>)> {
+    principal.authorize(Action::CommandsCreate)?;
+    let now = state.clock.now();
+    let mut tx = state.pool.begin().await?;
+    let node = sqlx::query!(
+        "select revoked_at from nodes where id = $1 for share",
+        node_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("no such node"))?;
+    if node.revoked_at.is_some() {
+        return Err(ApiError::conflict("the node is revoked"));
+    }
+    let command = fleet::enqueue_command(
+        &mut tx,
+        node_id,
+        "ping",
+        &json!({}),
+        &principal.actor.label(),
+        now,
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        now,
+        AuditEvent {
+            actor: &principal.actor,
+            action: "command.create",
+            target_kind: "node",
+            target_id: node_id.to_string(),
+            reason: None,
+            outcome: Outcome::Success,
+            detail: json!({ "command_id": command.id, "kind": "ping" }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, Json(command.into())))
+}
+
+pub async fn get_command(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((node_id, command_id)): ApiPath<(Uuid, Uuid)>,
+) -> ApiResult<Json<CommandView>> {
+    principal.authorize(Action::CommandsRead)?;
+    let row = fleet::get_command(&state.pool, node_id, command_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such command"))?;
+    Ok(Json(row.into()))
+}

@@ -1,0 +1,160 @@
+//! The agent streams held by this replica, and the Postgres notifications that reach them.
+//!
+//! Each open `Connect` stream registers a [`SessionHandle`] here. Other replicas (or this one)
+//! announce revocations and newly queued commands with `pg_notify`; the listener task routes each
+//! notification to the local session for that node, if there is one. Notifications can be lost
+//! while the listener reconnects, so every heartbeat also re-reads the same facts from the
+//! database: notify makes it fast, the heartbeat makes it certain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moltops_proto::agent::ServerMessage;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::fleet::{CHANNEL_COMMAND_QUEUED, CHANNEL_NODE_REVOKED};
+
+pub type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+
+/// How the hub reaches one open stream.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub session_id: Uuid,
+    pub outbound: Outbound,
+    /// Wakes the session to look for queued commands.
+    pub wake: Arc<Notify>,
+    /// Ends the session.
+    pub cancel: CancellationToken,
+}
+
+#[derive(Clone, Default)]
+pub struct Hub {
+    sessions: Arc<Mutex<HashMap<Uuid, SessionHandle>>>,
+}
+
+impl Hub {
+    /// Registers a new stream for `node_id`; an older stream of the same node on this replica
+    /// is closed (the agent reconnected, so that one is stale).
+    pub fn register(&self, node_id: Uuid, handle: SessionHandle) {
+        let previous = match self.sessions.lock() {
+            Ok(mut map) => map.insert(node_id, handle),
+            Err(_) => None,
+        };
+        if let Some(old) = previous {
+            old.cancel.cancel();
+        }
+    }
+
+    /// Removes the session if it is still the registered one.
+    pub fn unregister(&self, node_id: Uuid, session_id: Uuid) {
+        if let Ok(mut map) = self.sessions.lock() {
+            if map
+                .get(&node_id)
+                .is_some_and(|h| h.session_id == session_id)
+            {
+                map.remove(&node_id);
+            }
+        }
+    }
+
+    fn get(&self, node_id: Uuid) -> Option<SessionHandle> {
+        self.sessions.lock().ok()?.get(&node_id).cloned()
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.sessions.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Wakes the node's session, if this replica holds it, to send queued commands.
+    pub fn wake(&self, node_id: Uuid) {
+        if let Some(handle) = self.get(node_id) {
+            handle.wake.notify_one();
+        }
+    }
+
+    /// Wakes every local session (after the listener lost notifications).
+    pub fn wake_all(&self) {
+        if let Ok(map) = self.sessions.lock() {
+            for handle in map.values() {
+                handle.wake.notify_one();
+            }
+        }
+    }
+
+    /// Ends the node's stream with `PERMISSION_DENIED`, if this replica holds it.
+    pub fn close_revoked(&self, node_id: Uuid) {
+        if let Some(handle) = self.get(node_id) {
+            close_with(&handle, Status::permission_denied(REVOKED_MESSAGE));
+        }
+    }
+
+    /// Ends every stream (shutdown).
+    pub fn close_all(&self) {
+        if let Ok(map) = self.sessions.lock() {
+            for handle in map.values() {
+                close_with(handle, Status::unavailable("control plane shutting down"));
+            }
+        }
+    }
+}
+
+/// The status message agents recognise as "this node was revoked".
+pub const REVOKED_MESSAGE: &str = "node revoked";
+
+fn close_with(handle: &SessionHandle, status: Status) {
+    // A full queue means the agent is not reading; cancelling still ends the stream.
+    let _ = handle.outbound.try_send(Err(status));
+    handle.cancel.cancel();
+}
+
+/// Routes notifications to local sessions until `shutdown`. Reconnects with a capped backoff.
+pub async fn listen(pool: PgPool, hub: Hub, shutdown: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let result = listen_once(&pool, &hub, &shutdown).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "notification listener lost its connection; retrying");
+        }
+        // Anything announced while we were away is picked up by waking everyone.
+        hub.wake_all();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn listen_once(
+    pool: &PgPool,
+    hub: &Hub,
+    shutdown: &CancellationToken,
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener
+        .listen_all([CHANNEL_NODE_REVOKED, CHANNEL_COMMAND_QUEUED])
+        .await?;
+    loop {
+        let notification = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            n = listener.recv() => n?,
+        };
+        let Ok(node_id) = Uuid::parse_str(notification.payload()) else {
+            continue;
+        };
+        match notification.channel() {
+            CHANNEL_NODE_REVOKED => hub.close_revoked(node_id),
+            CHANNEL_COMMAND_QUEUED => hub.wake(node_id),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Start-up and shutdown of one replica: database, migrations, key-encryption key, CA, then the
+//! REST and gRPC servers on already-bound listeners, drained on shutdown with a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Duration as ChronoDuration;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::ca::CertificateAuthority;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::crypto::KeyEncryptionKey;
+use crate::fleet::Liveness;
+use crate::hub::Hub;
+
+/// Settings handlers read at run time.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub heartbeat_interval: Duration,
+    pub liveness: Liveness,
+    pub agent_certificate_lifetime: ChronoDuration,
+    pub grpc_advertise: String,
+    pub grpc_server_names: Vec<String>,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        let heartbeat = config.heartbeat_interval_seconds;
+        Self {
+            heartbeat_interval: Duration::from_secs(heartbeat),
+            // Three missed heartbeats make a node offline.
+            liveness: Liveness {
+                window: ChronoDuration::seconds(i64::try_from(heartbeat * 3).unwrap_or(45)),
+            },
+            agent_certificate_lifetime: ChronoDuration::seconds(
+                i64::try_from(config.agent_certificate_ttl_seconds).unwrap_or(86_400),
+            ),
+            grpc_advertise: config.grpc_advertise.clone(),
+            grpc_server_names: config.grpc_server_names.clone(),
+        }
+    }
+}
+
+/// Everything a handler needs: cheap clones of shared handles.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub clock: Arc<dyn Clock>,
+    pub ca: Arc<CertificateAuthority>,
+    pub hub: Hub,
+    pub settings: Arc<Settings>,
+}
+
+/// Loads the key-encryption key: `MOLTOPS_MASTER_KEY` if set, else `<data_dir>/master.key`.
+pub fn load_kek(master_key: Option<&str>, config: &Config) -> anyhow::Result<KeyEncryptionKey> {
+    match master_key {
+        Some(value) => Ok(KeyEncryptionKey::from_base64(value)?),
+        None => {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("creating data directory {}", config.data_dir.display())
+            })?;
+            let path = config.data_dir.join("master.key");
+            Ok(KeyEncryptionKey::load_or_create_file(
+                &path,
+                &mut rand::rng(),
+            )?)
+        }
+    }
+}
+
+/// Connects, migrates and loads the CA.
+pub async fn prepare(
+    config: &Config,
+    kek: &KeyEncryptionKey,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<AppState> {
+    let pool = crate::db::connect(&config.database_url, config.database_max_connections)
+        .await
+        .context("connecting to Postgres (check MOLTOPS_DATABASE_URL)")?;
+    crate::db::migrate(&pool)
+        .await
+        .context("running database migrations")?;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let ca = CertificateAuthority::load_or_create(&pool, kek, clock.now(), &mut rng)
+        .await
+        .context("loading the certificate authority")?;
+    Ok(AppState {
+        pool,
+        clock,
+        ca,
+        hub: Hub::default(),
+        settings: Arc::new(Settings::from_config(config)),
+    })
+}
+
+/// Runs both servers until `shutdown`, then drains for at most `drain_deadline`.
+pub async fn run(
+    config: &Config,
+    state: AppState,
+    http_listener: TcpListener,
+    grpc_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let listener_task = tokio::spawn(crate::hub::listen(
+        state.pool.clone(),
+        state.hub.clone(),
+        shutdown.clone(),
+    ));
+    let grpc_task = tokio::spawn(crate::grpc::serve(
+        grpc_listener,
+        state.clone(),
+        shutdown.clone(),
+    ));
+    let app = crate::http::router(state.clone());
+    let http_shutdown = shutdown.clone();
+    let http_task = match &config.http_tls {
+        None => tokio::spawn(async move {
+            axum::serve(
+                http_listener,
+                app.into_make_service_with_connect_info::<crate::http_tls::ClientAddr>(),
+            )
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+            .map_err(anyhow::Error::from)
+        }),
+        Some((cert, key)) => {
+            let tls = crate::http_tls::server_config(cert, key)?;
+            let listener = crate::http_tls::TlsListener::new(http_listener, tls, shutdown.clone());
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<crate::http_tls::ClientAddr>(),
+                )
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                .await
+                .map_err(anyhow::Error::from)
+            })
+        }
+    };
+    tracing::info!(
+        http = %http_addr,
+        grpc = %grpc_addr,
+        https = config.http_tls.is_some(),
+        ca_pin = %state.ca.pin(),
+        "moltops-server ready"
+    );
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining connections");
+    let drain = async {
+        let (http, grpc, _) = tokio::join!(http_task, grpc_task, listener_task);
+        http??;
+        grpc??;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), drain).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("drain deadline passed; exiting with connections still open");
+            Ok(())
+        }
+    }
+}
+
+/// The default clock.
+pub fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}

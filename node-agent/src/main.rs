@@ -1,0 +1,146 @@
+//! `moltops-agent enroll …` and `moltops-agent run …`.
+//!
+//! Exit codes of `run`: 0 after SIGTERM/SIGINT, 3 when the node was revoked, 4 when the
+//! certificate expired before it could be renewed (both need a new enrollment), 1 otherwise.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use moltops_agent::enroll::{EnrollOptions, enroll};
+use moltops_agent::run::tokio_util_shim::CancellationToken;
+use moltops_agent::run::{RunEnd, RunOptions, run};
+use moltops_agent::state::StateDir;
+
+#[derive(Parser)]
+#[command(name = "moltops-agent", version, about = "The moltops node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll this host with a one-time token.
+    Enroll {
+        /// The control plane's agent address, host:port.
+        #[arg(long)]
+        server: String,
+        /// The one-time enrollment token.
+        #[arg(long, env = "MOLTOPS_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// sha256:<hex> of the control plane's CA certificate.
+        #[arg(long)]
+        ca_pin: String,
+        #[arg(
+            long,
+            env = "MOLTOPS_AGENT_STATE_DIR",
+            default_value = "/var/lib/moltops-agent"
+        )]
+        state_dir: PathBuf,
+    },
+    /// Connect and serve commands until stopped.
+    Run {
+        #[arg(
+            long,
+            env = "MOLTOPS_AGENT_STATE_DIR",
+            default_value = "/var/lib/moltops-agent"
+        )]
+        state_dir: PathBuf,
+        /// Upper bound of the reconnect delay.
+        #[arg(long, default_value_t = 30)]
+        max_backoff_seconds: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MOLTOPS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Enroll {
+            server,
+            token,
+            ca_pin,
+            state_dir,
+        } => {
+            let result = async {
+                let state = StateDir::open(&state_dir)?;
+                enroll(
+                    &state,
+                    &EnrollOptions {
+                        server,
+                        token,
+                        ca_pin,
+                    },
+                )
+                .await
+            }
+            .await;
+            match result {
+                Ok(node) => {
+                    println!("enrolled as node {}", node.node_id);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("moltops-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run {
+            state_dir,
+            max_backoff_seconds,
+        } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            let options = RunOptions {
+                backoff_cap: Duration::from_secs(max_backoff_seconds.max(1)),
+                ..RunOptions::default()
+            };
+            let result = async {
+                let state = StateDir::open(&state_dir)?;
+                run(&state, &options, shutdown).await
+            }
+            .await;
+            match result {
+                Ok(RunEnd::Shutdown) => ExitCode::SUCCESS,
+                Ok(RunEnd::Revoked) => {
+                    eprintln!(
+                        "moltops-agent: this node's certificate was revoked by the control plane; enroll again with a new token"
+                    );
+                    ExitCode::from(3)
+                }
+                Ok(RunEnd::CertificateExpired) => {
+                    eprintln!(
+                        "moltops-agent: the client certificate expired before it could be renewed; enroll again with a new token"
+                    );
+                    ExitCode::from(4)
+                }
+                Err(e) => {
+                    eprintln!("moltops-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn signal_shutdown(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let Ok(mut term) = signal(SignalKind::terminate()) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}
