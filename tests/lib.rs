@@ -1,1 +1,548 @@
+//! The end-to-end harness: real `moltops-server` and `moltops-agent` processes over loopback,
+//! each test with its own Postgres database (on `MOLTOPS_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`).
+//!
+//! Waiting is always for a condition (a log line, an HTTP state, a process exit) with a deadline,
+//! never a fixed sleep.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// How long any single wait may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Directory holding the workspace's built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/e2e-<hash> -> target/debug
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test does this)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("moltops-e2e-{label}-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after [`DEADLINE`].
+pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A database of its own for one test.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("MOLTOPS_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("moltops_e2e_{}", Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let base = admin_url.rsplit_once('/').unwrap().0;
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+            admin_url,
+        }
+    }
+
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.unwrap()
+    }
+
+    /// Drops the database (terminating leftover connections).
+    pub async fn drop_database(self) {
+        let mut conn = PgConnection::connect(&self.admin_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "drop database if exists {} with (force)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+}
+
+/// Options for starting a control plane.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub http_addr: String,
+    pub grpc_addr: String,
+    pub heartbeat_seconds: u64,
+    pub agent_certificate_ttl_seconds: u64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:0".into(),
+            grpc_addr: "127.0.0.1:0".into(),
+            heartbeat_seconds: 1,
+            agent_certificate_ttl_seconds: 3600,
+        }
+    }
+}
+
+/// A running `moltops-server serve`.
+pub struct Server {
+    child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub ca_pin: String,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub async fn start(database_url: &str, data_dir: &Path, options: &ServerOptions) -> Self {
+        let mut child = Command::new(binary("moltops-server"))
+            .args(["serve", "--log-format", "json"])
+            .args([
+                "--http-addr",
+                &options.http_addr,
+                "--grpc-addr",
+                &options.grpc_addr,
+            ])
+            .args([
+                "--heartbeat-interval-seconds",
+                &options.heartbeat_seconds.to_string(),
+            ])
+            .args([
+                "--agent-certificate-ttl-seconds",
+                &options.agent_certificate_ttl_seconds.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("MOLTOPS_DATABASE_URL", database_url)
+            .env_remove("MOLTOPS_MASTER_KEY")
+            .env("MOLTOPS_LOG", "info,moltops_server=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, mut ready_rx) = watch::channel(None::<(SocketAddr, SocketAddr, String)>);
+        let stderr = child.stderr.take().unwrap();
+        let log_lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let f = &v["fields"];
+                    if f["message"] == "moltops-server ready" {
+                        let http = f["http"].as_str().unwrap().parse().unwrap();
+                        let grpc = f["grpc"].as_str().unwrap().parse().unwrap();
+                        let pin = f["ca_pin"].as_str().unwrap().to_owned();
+                        let _ = ready_tx.send(Some((http, grpc, pin)));
+                    }
+                }
+                log_lines.lock().unwrap().push(line);
+            }
+        });
+        let ready = tokio::time::timeout(DEADLINE, ready_rx.wait_for(Option::is_some)).await;
+        let (http, grpc, ca_pin) = match ready {
+            Ok(Ok(v)) => v.clone().unwrap(),
+            _ => {
+                let status = child.try_wait().unwrap();
+                panic!(
+                    "server did not become ready (exit: {status:?}); log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Self {
+            child,
+            http,
+            grpc,
+            ca_pin,
+            data_dir: data_dir.to_path_buf(),
+            database_url: database_url.to_owned(),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// The agent-facing address as agents are told to dial it (by name, as in production).
+    pub fn agent_address(&self) -> String {
+        format!("localhost:{}", self.grpc.port())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        terminate(&mut self.child)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn terminate(child: &mut Child) -> ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    wait_exit(child, DEADLINE).expect("process did not exit after SIGTERM")
+}
+
+/// Waits for a child to exit, up to `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if start.elapsed() > timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Creates an API token with `moltops-server admin create-api-token`.
+pub fn create_api_token(database_url: &str, role: &str) -> String {
+    let out = Command::new(binary("moltops-server"))
+        .args([
+            "admin",
+            "create-api-token",
+            "--role",
+            role,
+            "--name",
+            &format!("e2e-{role}"),
+        ])
+        .env("MOLTOPS_DATABASE_URL", database_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned()
+}
+
+/// A REST client bound to one server and token.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(server: &Server, token: &str) -> Self {
+        Self {
+            base: format!("http://{}", server.http),
+            token: token.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Creates an enrollment token; returns (token id, secret).
+    pub async fn enrollment_token(&self, body: Value) -> (String, String) {
+        let (status, created) = self.post("/v1/enrollment-tokens", body).await;
+        assert_eq!(status, 201, "{created}");
+        (
+            created["id"].as_str().unwrap().to_owned(),
+            created["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub async fn node(&self, node_id: &str) -> Value {
+        let (status, node) = self.get(&format!("/v1/nodes/{node_id}")).await;
+        assert_eq!(status, 200, "{node}");
+        node
+    }
+
+    pub async fn wait_status(&self, node_id: &str, wanted: &str) -> Value {
+        wait_for(&format!("node {node_id} to be {wanted}"), || async {
+            let node = self.node(node_id).await;
+            (node["status"] == wanted).then_some(node)
+        })
+        .await
+    }
+
+    /// Queues a ping and waits for its pong.
+    pub async fn ping(&self, node_id: &str) -> Value {
+        let (status, command) = self
+            .post(&format!("/v1/nodes/{node_id}/ping"), Value::Null)
+            .await;
+        assert_eq!(status, 202, "{command}");
+        let command_id = command["id"].as_str().unwrap().to_owned();
+        wait_for("the ping's pong", || async {
+            let (_, c) = self
+                .get(&format!("/v1/nodes/{node_id}/commands/{command_id}"))
+                .await;
+            (c["status"] == "succeeded").then_some(c)
+        })
+        .await
+    }
+}
+
+/// Result of a `moltops-agent enroll` run.
+pub struct EnrollOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl EnrollOutput {
+    pub fn node_id(&self) -> String {
+        self.stdout
+            .trim()
+            .strip_prefix("enrolled as node ")
+            .unwrap()
+            .to_owned()
+    }
+}
+
+pub fn enroll_agent(server_addr: &str, token: &str, pin: &str, state_dir: &Path) -> EnrollOutput {
+    let out = Command::new(binary("moltops-agent"))
+        .args([
+            "enroll",
+            "--server",
+            server_addr,
+            "--token",
+            token,
+            "--ca-pin",
+            pin,
+            "--state-dir",
+        ])
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    EnrollOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A running `moltops-agent run`.
+pub struct Agent {
+    child: Child,
+    pub state_dir: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    pub fn start(state_dir: &Path) -> Self {
+        let mut child = Command::new(binary("moltops-agent"))
+            .args(["run", "--max-backoff-seconds", "1", "--state-dir"])
+            .arg(state_dir)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            state_dir: state_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn stop(&mut self) -> ExitStatus {
+        terminate(&mut self.child)
+    }
+
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        wait_exit(&mut self.child, DEADLINE)
+            .unwrap_or_else(|| panic!("agent did not exit; log:\n{}", self.log_text()))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One control plane with its own database, an owner token and a scratch dir.
+pub struct Fixture {
+    pub db: Option<TestDatabase>,
+    pub server: Option<Server>,
+    pub api: Api,
+    pub dir: PathBuf,
+    pub options: ServerOptions,
+}
+
+impl Fixture {
+    pub async fn start(options: ServerOptions) -> Self {
+        let db = TestDatabase::create().await;
+        let dir = scratch("fixture");
+        let server = Server::start(&db.url, &dir.join("server"), &options).await;
+        let token = create_api_token(&db.url, "owner");
+        let api = Api::new(&server, &token);
+        Self {
+            db: Some(db),
+            server: Some(server),
+            api,
+            dir,
+            options,
+        }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    /// Creates a token and enrolls an agent into `<dir>/<name>`; returns (node id, state dir).
+    pub async fn enroll(&self, name: &str, labels: Value) -> (String, PathBuf) {
+        let (_, token) = self
+            .api
+            .enrollment_token(serde_json::json!({ "labels": labels }))
+            .await;
+        let state = self.dir.join(name);
+        let out = enroll_agent(
+            &self.server().agent_address(),
+            &token,
+            &self.server().ca_pin,
+            &state,
+        );
+        assert!(out.success, "enroll failed: {}", out.stderr);
+        (out.node_id(), state)
+    }
+
+    /// Restarts the control plane on the same ports, data dir and database.
+    pub async fn restart_server(&mut self) {
+        let old = self.server.take().unwrap();
+        let (http, grpc, data_dir, url) = (
+            old.http,
+            old.grpc,
+            old.data_dir.clone(),
+            old.database_url.clone(),
+        );
+        let status = old.stop();
+        assert!(status.success(), "server exited with {status}");
+        let options = ServerOptions {
+            http_addr: http.to_string(),
+            grpc_addr: grpc.to_string(),
+            ..self.options.clone()
+        };
+        self.server = Some(Server::start(&url, &data_dir, &options).await);
+    }
+
+    pub async fn finish(mut self) {
+        drop(self.server.take());
+        if let Some(db) = self.db.take() {
+            db.drop_database().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -138,15 +138,24 @@ pub async fn revoke_token(
 ) -> Result<Option<()>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let found = sqlx::query!(
-        "update enrollment_tokens set revoked_at = coalesce(revoked_at, $2) where id = $1 returning id",
-        token_id,
-        now
+        "select revoked_at from enrollment_tokens where id = $1 for update",
+        token_id
     )
     .fetch_optional(&mut *tx)
     .await?;
-    if found.is_none() {
-        return Ok(None);
+    match found {
+        None => return Ok(None),
+        // Already revoked: nothing changes, so nothing is audited.
+        Some(row) if row.revoked_at.is_some() => return Ok(Some(())),
+        Some(_) => {}
     }
+    sqlx::query!(
+        "update enrollment_tokens set revoked_at = $2 where id = $1",
+        token_id,
+        now
+    )
+    .execute(&mut *tx)
+    .await?;
     audit::record(
         &mut tx,
         now,

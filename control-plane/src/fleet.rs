@@ -544,7 +544,7 @@ mod tests {
         assert_eq!(s.not_equals, vec![("tier".to_owned(), "db".to_owned())]);
         assert_eq!(s.exists, vec!["canary".to_owned()]);
         assert_eq!(Selector::parse("").unwrap(), Selector::default());
-        for bad in ["=x", "a=b=c", "a b", "k!=", "k=v w"] {
+        for bad in ["=x", "a=b=c", "a b", "k!=v!", "k=v w"] {
             assert!(Selector::parse(bad).is_err(), "{bad:?}");
         }
     }

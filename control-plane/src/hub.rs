@@ -53,13 +53,12 @@ impl Hub {
 
     /// Removes the session if it is still the registered one.
     pub fn unregister(&self, node_id: Uuid, session_id: Uuid) {
-        if let Ok(mut map) = self.sessions.lock() {
-            if map
+        if let Ok(mut map) = self.sessions.lock()
+            && map
                 .get(&node_id)
                 .is_some_and(|h| h.session_id == session_id)
-            {
-                map.remove(&node_id);
-            }
+        {
+            map.remove(&node_id);
         }
     }
 

@@ -28,10 +28,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     "unsupported_media_type",
                     "expected a request body with Content-Type: application/json",
                 ),
-                other => ApiError::bad_request(other.body_text()),
+                other => from_rejection(other.status(), other.body_text()),
             }),
         }
     }
+}
+
+/// Maps a framework rejection (e.g. 413 from the body limit) into the envelope, keeping its status.
+fn from_rejection(status: axum::http::StatusCode, text: String) -> ApiError {
+    use axum::http::StatusCode;
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "validation_failed",
+        s if s.is_server_error() => return ApiError::internal(text),
+        _ => "bad_request",
+    };
+    ApiError::new(status, code, text)
 }
 
 /// Path parameters; an id that does not parse is 404 (no such object), not 500.
@@ -150,11 +163,27 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
         if !has_body {
             return Ok(Self(T::default()));
         }
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+            .map_err(|e| from_rejection(e.status(), e.body_text()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
+        }
+        if !is_json {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a request body with Content-Type: application/json",
+            ));
         }
         serde_json::from_slice(&bytes)
             .map(Self)

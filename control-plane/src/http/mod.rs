@@ -8,15 +8,15 @@ mod nodes;
 mod system;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode};
 use axum::routing::{MethodRouter, delete, get, patch, post};
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
 pub use crate::serve::AppState;
 use error::ApiError;
 
-/// Request bodies above this are refused with 413.
+/// Request bodies above this are refused with 413 (in the envelope, by the extractors).
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// One registered operation.
@@ -102,7 +102,7 @@ pub fn router(state: AppState) -> Router {
         .router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -1,0 +1,98 @@
+//! Integration tests of moltops-server: the router in-process (`oneshot`, no socket) against a
+//! fresh Postgres database per test (`#[sqlx::test]`), and the contract test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod api;
+mod contract;
+mod registry;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use chrono::{DateTime, Utc};
+use moltops_server::auth::{Actor, Role};
+use moltops_server::ca::CertificateAuthority;
+use moltops_server::clock::ManualClock;
+use moltops_server::fleet::Liveness;
+use moltops_server::hub::Hub;
+use moltops_server::serve::{AppState, Settings};
+use serde_json::Value;
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+pub fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+/// A state over `pool` with a manual clock at [`t0`] and a fresh CA.
+pub fn state(pool: PgPool) -> (AppState, ManualClock) {
+    let clock = ManualClock::new(t0());
+    let (ca, _) = CertificateAuthority::generate(t0()).unwrap();
+    let state = AppState {
+        pool,
+        clock: Arc::new(clock.clone()),
+        ca: Arc::new(ca),
+        hub: Hub::default(),
+        settings: Arc::new(Settings {
+            heartbeat_interval: std::time::Duration::from_secs(10),
+            liveness: Liveness {
+                window: chrono::Duration::seconds(30),
+            },
+            agent_certificate_lifetime: chrono::Duration::hours(24),
+            grpc_advertise: "cp.example:7338".into(),
+            grpc_server_names: vec!["cp.example".into()],
+        }),
+    };
+    (state, clock)
+}
+
+pub async fn token(state: &AppState, role: Role) -> String {
+    let created = moltops_server::api_tokens::create(
+        &state.pool,
+        &Actor::System { what: "test" },
+        &format!("test-{role}"),
+        role,
+        None,
+        state.clock.now(),
+    )
+    .await
+    .unwrap();
+    created.secret.to_string()
+}
+
+/// Sends one request through the router.
+pub async fn call(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut builder = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        builder = builder.header("authorization", format!("Bearer {t}"));
+    }
+    let request = match body {
+        Some(b) => builder
+            .header("content-type", "application/json")
+            .body(Body::from(b.to_owned())),
+        None => builder.body(Body::empty()),
+    }
+    .unwrap();
+    let response = moltops_server::http::router(state.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (status, value)
+}
