@@ -443,6 +443,17 @@ impl Agent {
         self.child.id()
     }
 
+    /// SIGSTOP / SIGCONT: the process freezes with its connection open (a hung host).
+    pub fn freeze(&self, frozen: bool) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let signal = if frozen {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();

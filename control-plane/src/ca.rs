@@ -239,10 +239,13 @@ impl CertificateAuthority {
         params.not_before = to_offset(now - BACKDATE)?;
         params.not_after = to_offset(not_after)?;
         let cert = params.signed_by(public_key, &self.issuer)?;
+        // The serial as it appears in the certificate (DER may drop leading zero bytes), so
+        // it compares equal to what the TLS layer reads from a presented certificate.
+        let serial_hex = serial_of(cert.der()).ok_or(CaError::Time)?;
         Ok(IssuedCertificate {
             pem: cert.pem(),
             der: cert.der().clone(),
-            serial_hex: hex::encode(serial),
+            serial_hex,
             not_after: DateTime::from_timestamp(not_after.timestamp(), 0).ok_or(CaError::Time)?,
         })
     }
@@ -250,6 +253,13 @@ impl CertificateAuthority {
 
 fn to_offset(t: DateTime<Utc>) -> Result<time::OffsetDateTime, CaError> {
     time::OffsetDateTime::from_unix_timestamp(t.timestamp()).map_err(|_| CaError::Time)
+}
+
+/// The serial number of a DER certificate, as lowercase hex of its content octets.
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(hex::encode(cert.raw_serial()))
 }
 
 /// The DER of the first certificate in a PEM string.

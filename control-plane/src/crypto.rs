@@ -80,8 +80,10 @@ impl KeyEncryptionKey {
         Ok(Self::from_bytes(bytes))
     }
 
-    /// Loads the key file, creating it (mode 0600, 32 random bytes, base64) when absent. A key
-    /// file readable by others is refused rather than silently used.
+    /// Loads the key file, creating it (mode 0600, 32 random bytes, base64) when absent. The
+    /// file appears complete or not at all (written aside, fsynced, then hard-linked into
+    /// place), so replicas starting together agree on one key and a crash leaves no empty file.
+    /// A key file readable by others is refused rather than silently used.
     pub fn load_or_create_file(path: &Path, rng: &mut dyn RngCore) -> Result<Self, CryptoError> {
         use std::io::Write;
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -90,34 +92,45 @@ impl KeyEncryptionKey {
             path: display.clone(),
             source,
         };
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(mut file) => {
-                let mut bytes = Zeroizing::new([0u8; 32]);
-                rng.fill_bytes(bytes.as_mut());
-                let encoded = Zeroizing::new(STANDARD.encode(bytes.as_ref()));
+        if !path.exists() {
+            let mut bytes = Zeroizing::new([0u8; 32]);
+            rng.fill_bytes(bytes.as_mut());
+            let encoded = Zeroizing::new(STANDARD.encode(bytes.as_ref()));
+            let mut suffix = [0u8; 8];
+            rng.fill_bytes(&mut suffix);
+            let temp = path.with_extension(format!("tmp-{}", hex::encode(suffix)));
+            {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&temp)
+                    .map_err(io_err)?;
                 file.write_all(encoded.as_bytes()).map_err(io_err)?;
                 file.sync_all().map_err(io_err)?;
-                Ok(Self::from_bytes(*bytes))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let meta = std::fs::metadata(path).map_err(io_err)?;
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(CryptoError::KeyFileMode {
-                        path: display,
-                        mode,
-                    });
-                }
-                let contents = Zeroizing::new(std::fs::read_to_string(path).map_err(io_err)?);
-                Self::from_base64(&contents)
+            let linked = std::fs::hard_link(&temp, path);
+            let _ = std::fs::remove_file(&temp);
+            match linked {
+                Ok(()) => return Ok(Self::from_bytes(*bytes)),
+                // Another process won the race; use its key.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(e)),
             }
-            Err(e) => Err(io_err(e)),
         }
+        let meta = std::fs::metadata(path).map_err(io_err)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(CryptoError::KeyFileMode {
+                path: display,
+                mode,
+            });
+        }
+        let contents = Zeroizing::new(std::fs::read_to_string(path).map_err(io_err)?);
+        Self::from_base64(&contents).map_err(|e| CryptoError::KeyFile {
+            path: display,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        })
     }
 
     pub fn id(&self) -> &str {

@@ -174,13 +174,23 @@ pub async fn revoke_token(
     Ok(Some(()))
 }
 
-/// Everything an enrolling agent sends.
-#[derive(Debug)]
+/// Everything an enrolling agent sends. `Debug` leaves the token out.
 pub struct EnrollRequest<'a> {
     pub token: &'a str,
     pub csr_der: &'a [u8],
     pub facts: HostFacts,
     pub agent_version: String,
+}
+
+impl std::fmt::Debug for EnrollRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("token", &"<redacted>")
+            .field("csr_bytes", &self.csr_der.len())
+            .field("facts", &self.facts)
+            .field("agent_version", &self.agent_version)
+            .finish()
+    }
 }
 
 /// A successful enrollment.
@@ -235,8 +245,23 @@ pub async fn enroll(
         now
     )
     .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(EnrollError::Exhausted)?;
+    .await?;
+    let Some(redeemed) = redeemed else {
+        // Lost a race: say which one.
+        let state = sqlx::query_as!(
+            TokenRow,
+            "select id, labels, note, max_uses, uses, created_at, created_by, expires_at, revoked_at
+             from enrollment_tokens where id = $1",
+            token.id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        return Err(match state.state(now) {
+            "revoked" => EnrollError::Revoked,
+            "expired" => EnrollError::Expired,
+            _ => EnrollError::Exhausted,
+        });
+    };
     let facts = &request.facts;
     sqlx::query!(
         "insert into nodes (id, hostname, labels, agent_version, os, os_version, arch, cpu_cores,

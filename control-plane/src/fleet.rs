@@ -449,20 +449,27 @@ pub async fn get_command(
     .await
 }
 
-/// Claims the node's queued commands for sending. `skip locked` lets two replicas that both
-/// think they hold the stream (briefly, during a reconnect) never send the same command twice.
+/// Claims the node's queued commands for sending on `session_id`. Only the node's current stream
+/// (the one that said hello last) of a node that is not revoked may claim, so a stale stream on
+/// another replica never swallows commands; `skip locked` keeps two claimers from taking the
+/// same row.
 pub async fn claim_queued_commands(
     db: impl PgExecutor<'_>,
     node_id: Uuid,
+    session_id: Uuid,
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<(Uuid, String, Value)>, sqlx::Error> {
     let rows = sqlx::query!(
-        "update commands set status = 'sent', sent_at = $2
-         where id in (select id from commands where node_id = $1 and status = 'queued'
-                      order by created_at, id limit $3 for update skip locked)
+        "update commands set status = 'sent', sent_at = $3, session_id = $2
+         where id in (select c.id from commands c
+                      where c.node_id = $1 and c.status = 'queued'
+                        and exists (select 1 from nodes n
+                                    where n.id = $1 and n.session_id = $2 and n.revoked_at is null)
+                      order by c.created_at, c.id limit $4 for update skip locked)
          returning id, kind, payload",
         node_id,
+        session_id,
         now,
         limit
     )
@@ -472,6 +479,48 @@ pub async fn claim_queued_commands(
         .into_iter()
         .map(|r| (r.id, r.kind, r.payload))
         .collect())
+}
+
+/// Why a command failed without a result from the agent.
+pub const OUTCOME_UNKNOWN: &str =
+    "the agent's stream closed before it reported a result; the outcome on the host is unknown";
+
+/// Fails the commands sent on a stream that has ended without their results.
+pub async fn fail_in_flight(
+    db: impl PgExecutor<'_>,
+    node_id: Uuid,
+    session_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "update commands set status = 'failed', error = $3, completed_at = $4
+         where node_id = $1 and session_id = $2 and status = 'sent'
+         returning id",
+        node_id,
+        session_id,
+        OUTCOME_UNKNOWN,
+        now
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// Fails everything still pending for a node that is being revoked.
+pub async fn fail_pending_for_revoked(
+    db: impl PgExecutor<'_>,
+    node_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        "update commands set status = 'failed', error = 'the node was revoked', completed_at = $2
+         where node_id = $1 and status in ('queued', 'sent')",
+        node_id,
+        now
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Stores a command's result. Only this node's own, sent commands can be completed: the node

@@ -11,19 +11,12 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use chrono::Duration as ChronoDuration;
-use moltops_proto::agent::agent_message::Body as AgentBody;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use moltops_proto::agent::agent_service_server::{AgentService, AgentServiceServer};
-use moltops_proto::agent::command_result::Outcome as CommandOutcome;
-use moltops_proto::agent::server_message::Body as ServerBody;
-use moltops_proto::agent::{
-    AgentMessage, Command, EnrollRequest, EnrollResponse, HelloAck, Ping, RenewResponse,
-    ServerMessage, command,
-};
+use moltops_proto::agent::{AgentMessage, EnrollRequest, EnrollResponse, ServerMessage};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -33,12 +26,9 @@ use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use crate::audit::{self, AuditEvent, Outcome};
-use crate::auth::Actor;
 use crate::ca::{CaError, CertificateAuthority};
 use crate::enrollment::{self, EnrollError};
-use crate::fleet;
-use crate::hub::{REVOKED_MESSAGE, SessionHandle};
+use crate::hub::SessionHandle;
 use crate::serve::AppState;
 
 /// Requests are small; anything bigger is refused before it is decoded.
@@ -55,7 +45,15 @@ const SERVER_CERT_LIFETIME_DAYS: i64 = 30;
 pub struct AgentConnectInfo {
     pub remote_addr: Option<SocketAddr>,
     /// Present when the client presented a certificate that chains to our CA and names a node.
-    pub node_id: Option<Uuid>,
+    pub peer: Option<PeerCertificate>,
+}
+
+/// The facts of a verified client certificate that the session needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    pub node_id: Uuid,
+    pub serial_hex: String,
+    pub not_after: DateTime<Utc>,
 }
 
 /// A server-side TLS stream that carries its [`AgentConnectInfo`] into tonic.
@@ -67,20 +65,20 @@ pub struct AgentTlsStream {
 impl AgentTlsStream {
     fn new(inner: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
         let (tcp, conn) = inner.get_ref();
-        let node_id = conn
+        let peer = conn
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .and_then(node_id_from_certificate);
+            .and_then(peer_certificate);
         let info = AgentConnectInfo {
             remote_addr: tcp.peer_addr().ok(),
-            node_id,
+            peer,
         };
         Self { inner, info }
     }
 }
 
-/// The node id in a certificate's URI SAN, if it has exactly one moltops node identity.
-pub fn node_id_from_certificate(cert: &CertificateDer<'_>) -> Option<Uuid> {
+/// Node id (the one moltops URI SAN), serial and expiry of a client certificate.
+pub fn peer_certificate(cert: &CertificateDer<'_>) -> Option<PeerCertificate> {
     use x509_parser::prelude::*;
     let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
@@ -92,8 +90,15 @@ pub fn node_id_from_certificate(cert: &CertificateDer<'_>) -> Option<Uuid> {
             GeneralName::URI(uri) => moltops_proto::identity::parse_node_uri(uri),
             _ => None,
         });
-    let first = ids.next()?;
-    ids.next().is_none().then_some(first)
+    let node_id = ids.next()?;
+    if ids.next().is_some() {
+        return None;
+    }
+    Some(PeerCertificate {
+        node_id,
+        serial_hex: hex::encode(parsed.raw_serial()),
+        not_after: DateTime::from_timestamp(parsed.validity().not_after.timestamp(), 0)?,
+    })
 }
 
 impl Connected for AgentTlsStream {
@@ -368,306 +373,34 @@ impl AgentService for AgentServiceImpl {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let node_id = request
+        let peer = request
             .extensions()
             .get::<AgentConnectInfo>()
-            .and_then(|info| info.node_id)
+            .and_then(|info| info.peer.clone())
             .ok_or_else(|| {
                 Status::unauthenticated(
                     "a client certificate issued by this control plane is required",
                 )
             })?;
-        let node = fleet::get_node(&self.state.pool, node_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::permission_denied("unknown node"))?;
-        if node.revoked_at.is_some() {
-            return Err(Status::permission_denied(REVOKED_MESSAGE));
-        }
+        crate::session::admit(&self.state, &peer).await?;
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let session = SessionHandle {
+        let handle = SessionHandle {
             session_id: Uuid::now_v7(),
             outbound: tx,
             wake: Arc::new(Notify::new()),
             cancel: CancellationToken::new(),
         };
-        self.state.hub.register(node_id, session.clone());
+        self.state.hub.register(peer.node_id, handle.clone());
         let inbound = request.into_inner();
-        tokio::spawn(run_session(self.state.clone(), node_id, session, inbound));
+        let session = crate::session::Session::new(self.state.clone(), peer, handle);
+        tokio::spawn(session.run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
+/// Logs an internal failure under an incident id and returns a status naming only that id.
+pub fn internal(e: impl std::fmt::Display) -> Status {
     let incident = Uuid::new_v4();
     tracing::error!(%incident, error = %e, "agent call failed");
     Status::internal(format!("internal error (incident {incident})"))
-}
-
-/// One agent stream, from hello to close. Owns the inbound half; writes through the bounded
-/// outbound queue.
-async fn run_session(
-    state: AppState,
-    node_id: Uuid,
-    session: SessionHandle,
-    mut inbound: Streaming<AgentMessage>,
-) {
-    let idle_limit = state
-        .settings
-        .liveness
-        .window
-        .to_std()
-        .unwrap_or(Duration::from_secs(45));
-    let end: Result<(), Status> = loop {
-        let message = tokio::select! {
-            () = session.cancel.cancelled() => break Ok(()),
-            () = session.wake.notified() => {
-                if let Err(status) = dispatch(&state, node_id, &session).await {
-                    break Err(status);
-                }
-                continue;
-            }
-            received = tokio::time::timeout(idle_limit, inbound.message()) => received,
-        };
-        let message = match message {
-            Err(_) => {
-                break Err(Status::deadline_exceeded(
-                    "no heartbeat within the liveness window",
-                ));
-            }
-            Ok(Err(status)) => {
-                tracing::debug!(%node_id, %status, "agent stream ended with an error");
-                break Ok(());
-            }
-            Ok(Ok(None)) => break Ok(()),
-            Ok(Ok(Some(m))) => m,
-        };
-        if let Err(status) = handle_message(&state, node_id, &session, message).await {
-            break Err(status);
-        }
-    };
-    if let Err(status) = end {
-        let _ = session.outbound.try_send(Err(status));
-    }
-    state.hub.unregister(node_id, session.session_id);
-    if let Err(e) = fleet::record_disconnect(&state.pool, node_id, session.session_id).await {
-        tracing::warn!(%node_id, error = %e, "could not record disconnect");
-    }
-    tracing::info!(%node_id, "agent stream closed");
-}
-
-async fn send(session: &SessionHandle, body: ServerBody) -> Result<(), Status> {
-    session
-        .outbound
-        .send(Ok(ServerMessage { body: Some(body) }))
-        .await
-        .map_err(|_| Status::cancelled("stream closed"))
-}
-
-async fn handle_message(
-    state: &AppState,
-    node_id: Uuid,
-    session: &SessionHandle,
-    message: AgentMessage,
-) -> Result<(), Status> {
-    let now = state.clock.now();
-    match message.body {
-        Some(AgentBody::Hello(hello)) => {
-            let facts = hello.facts.unwrap_or_default().into();
-            let version: String = hello
-                .agent_version
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(64)
-                .collect();
-            let allowed = fleet::record_hello(
-                &state.pool,
-                node_id,
-                session.session_id,
-                &version,
-                &facts,
-                now,
-            )
-            .await
-            .map_err(internal)?;
-            if !allowed {
-                return Err(Status::permission_denied(REVOKED_MESSAGE));
-            }
-            tracing::info!(%node_id, agent_version = %version, "agent connected");
-            send(
-                session,
-                ServerBody::HelloAck(HelloAck {
-                    node_id: node_id.to_string(),
-                    heartbeat_interval_seconds: u32::try_from(
-                        state.settings.heartbeat_interval.as_secs(),
-                    )
-                    .unwrap_or(u32::MAX)
-                    .max(1),
-                }),
-            )
-            .await?;
-            dispatch(state, node_id, session).await
-        }
-        Some(AgentBody::Heartbeat(_)) => {
-            let outcome = fleet::record_heartbeat(&state.pool, node_id, session.session_id, now)
-                .await
-                .map_err(internal)?;
-            if outcome.revoked {
-                return Err(Status::permission_denied(REVOKED_MESSAGE));
-            }
-            if outcome.queued_commands > 0 {
-                dispatch(state, node_id, session).await?;
-            }
-            Ok(())
-        }
-        Some(AgentBody::CommandResult(result)) => {
-            let Ok(command_id) = Uuid::parse_str(&result.command_id) else {
-                return Ok(());
-            };
-            let outcome = match result.outcome {
-                Some(CommandOutcome::Pong(pong)) => Ok(json!({
-                    "pong": { "agent_version": pong.agent_version, "agent_time_unix_ms": pong.agent_time_unix_ms }
-                })),
-                Some(CommandOutcome::Failure(f)) => Err(f.message.chars().take(4096).collect()),
-                None => Err("the agent sent a result without an outcome".to_owned()),
-            };
-            record_command_result(state, node_id, command_id, outcome, now).await
-        }
-        Some(AgentBody::RenewRequest(renew)) => {
-            renew_certificate(state, node_id, session, &renew.csr_der).await
-        }
-        None => Err(Status::invalid_argument("empty message")),
-    }
-}
-
-async fn record_command_result(
-    state: &AppState,
-    node_id: Uuid,
-    command_id: Uuid,
-    outcome: Result<serde_json::Value, String>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<(), Status> {
-    let succeeded = outcome.is_ok();
-    let mut tx = state.pool.begin().await.map_err(internal)?;
-    let completed = fleet::complete_command(&mut *tx, node_id, command_id, outcome, now)
-        .await
-        .map_err(internal)?;
-    if !completed {
-        // Not this node's, or not outstanding: ignore rather than let one agent probe others.
-        return Ok(());
-    }
-    audit::record(
-        &mut tx,
-        now,
-        AuditEvent {
-            actor: &Actor::Agent { node_id },
-            action: "command.result",
-            target_kind: "command",
-            target_id: command_id.to_string(),
-            reason: None,
-            outcome: if succeeded {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            },
-            detail: json!({ "node_id": node_id }),
-        },
-    )
-    .await
-    .map_err(internal)?;
-    tx.commit().await.map_err(internal)
-}
-
-/// Sends as many queued commands as the outbound queue has room for.
-async fn dispatch(state: &AppState, node_id: Uuid, session: &SessionHandle) -> Result<(), Status> {
-    let room = i64::try_from(session.outbound.capacity()).unwrap_or(0);
-    if room == 0 {
-        return Ok(());
-    }
-    let claimed = fleet::claim_queued_commands(&state.pool, node_id, state.clock.now(), room)
-        .await
-        .map_err(internal)?;
-    for (command_id, kind, _payload) in claimed {
-        let kind = match kind.as_str() {
-            "ping" => command::Kind::Ping(Ping {}),
-            other => {
-                let reason =
-                    format!("command kind {other:?} is not supported by this control plane");
-                record_command_result(state, node_id, command_id, Err(reason), state.clock.now())
-                    .await?;
-                continue;
-            }
-        };
-        send(
-            session,
-            ServerBody::Command(Command {
-                command_id: command_id.to_string(),
-                kind: Some(kind),
-            }),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-async fn renew_certificate(
-    state: &AppState,
-    node_id: Uuid,
-    session: &SessionHandle,
-    csr_der: &[u8],
-) -> Result<(), Status> {
-    let csr = CertificateAuthority::parse_csr(csr_der)
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let now = state.clock.now();
-    let issued = {
-        let mut rng = rand::rng();
-        state
-            .ca
-            .sign_node_certificate(
-                &csr,
-                node_id,
-                now,
-                state.settings.agent_certificate_lifetime,
-                &mut rng,
-            )
-            .map_err(internal)?
-    };
-    let mut tx = state.pool.begin().await.map_err(internal)?;
-    let updated = sqlx::query!(
-        "update nodes set certificate_serial = $2, certificate_not_after = $3
-         where id = $1 and revoked_at is null returning id",
-        node_id,
-        issued.serial_hex,
-        issued.not_after
-    )
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(internal)?;
-    if updated.is_none() {
-        return Err(Status::permission_denied(REVOKED_MESSAGE));
-    }
-    audit::record(
-        &mut tx,
-        now,
-        AuditEvent {
-            actor: &Actor::Agent { node_id },
-            action: "node.certificate_renew",
-            target_kind: "node",
-            target_id: node_id.to_string(),
-            reason: None,
-            outcome: Outcome::Success,
-            detail: json!({ "certificate_serial": issued.serial_hex, "not_after": issued.not_after }),
-        },
-    )
-    .await
-    .map_err(internal)?;
-    tx.commit().await.map_err(internal)?;
-    tracing::info!(%node_id, not_after = %issued.not_after, "renewed agent certificate");
-    send(
-        session,
-        ServerBody::RenewResponse(RenewResponse {
-            certificate_pem: issued.pem,
-        }),
-    )
-    .await
 }

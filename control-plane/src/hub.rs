@@ -66,6 +66,13 @@ impl Hub {
         self.sessions.lock().ok()?.get(&node_id).cloned()
     }
 
+    pub fn node_ids(&self) -> Vec<Uuid> {
+        self.sessions
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     pub fn connected_count(&self) -> usize {
         self.sessions.lock().map(|m| m.len()).unwrap_or(0)
     }
@@ -123,8 +130,10 @@ pub async fn listen(pool: PgPool, hub: Hub, shutdown: CancellationToken) {
         if let Err(e) = result {
             tracing::warn!(error = %e, "notification listener lost its connection; retrying");
         }
-        // Anything announced while we were away is picked up by waking everyone.
-        hub.wake_all();
+        // Anything announced while we were away is picked up on the next connect.
+        if let Err(e) = catch_up(&pool, &hub).await {
+            tracing::warn!(error = %e, "could not re-check local streams");
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
@@ -143,9 +152,16 @@ async fn listen_once(
         .listen_all([CHANNEL_NODE_REVOKED, CHANNEL_COMMAND_QUEUED])
         .await?;
     loop {
-        let notification = tokio::select! {
+        let received = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            n = listener.recv() => n?,
+            n = listener.try_recv() => n?,
+        };
+        let Some(notification) = received else {
+            // The connection dropped and notifications sent meanwhile are lost (the next
+            // `try_recv` reconnects): re-read what they would have said.
+            tracing::warn!("notification listener reconnecting; re-checking local streams");
+            catch_up(pool, hub).await?;
+            continue;
         };
         let Ok(node_id) = Uuid::parse_str(notification.payload()) else {
             continue;
@@ -156,4 +172,20 @@ async fn listen_once(
             _ => {}
         }
     }
+}
+
+/// Closes local streams of nodes revoked meanwhile and wakes the rest to look for commands.
+async fn catch_up(pool: &PgPool, hub: &Hub) -> Result<(), sqlx::Error> {
+    let local = hub.node_ids();
+    let revoked = sqlx::query_scalar!(
+        "select id from nodes where id = any($1) and revoked_at is not null",
+        &local
+    )
+    .fetch_all(pool)
+    .await?;
+    for node_id in revoked {
+        hub.close_revoked(node_id);
+    }
+    hub.wake_all();
+    Ok(())
 }

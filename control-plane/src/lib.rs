@@ -19,3 +19,4 @@ pub mod http;
 pub mod http_tls;
 pub mod hub;
 pub mod serve;
+pub mod session;

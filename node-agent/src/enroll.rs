@@ -12,12 +12,22 @@ use sha2::{Digest, Sha256};
 use crate::state::{CA_FILE, CERT_FILE, KEY_FILE, NodeRecord, StateDir};
 use crate::tls::{PinnedCaVerifier, channel, enrollment_config, parse_pin};
 
-/// What `enroll` needs.
-#[derive(Debug, Clone)]
+/// What `enroll` needs. `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct EnrollOptions {
     pub server: String,
     pub token: String,
     pub ca_pin: String,
+}
+
+impl std::fmt::Debug for EnrollOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollOptions")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("ca_pin", &self.ca_pin)
+            .finish()
+    }
 }
 
 /// A fresh P-256 key and a CSR for it (PEM key, DER CSR). The CSR carries only a common name:

@@ -8,7 +8,9 @@ use anyhow::{Context, anyhow};
 use moltops_proto::agent::agent_message::Body as AgentBody;
 use moltops_proto::agent::agent_service_client::AgentServiceClient;
 use moltops_proto::agent::server_message::Body as ServerBody;
-use moltops_proto::agent::{AgentMessage, CommandResult, Heartbeat, Hello, RenewRequest};
+use moltops_proto::agent::{
+    AgentMessage, CommandResult, Heartbeat, Hello, RenewComplete, RenewRequest,
+};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use tokio::sync::mpsc;
@@ -252,18 +254,28 @@ async fn session(
                         tracing::info!(node_id = %ack.node_id, heartbeat_seconds = every.as_secs(), "connected");
                     }
                     Some(ServerBody::Command(command)) => {
-                        let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-                        let outcome = crate::commands::execute(command.kind, now_ms);
-                        let result = AgentMessage {
-                            body: Some(AgentBody::CommandResult(CommandResult { command_id: command.command_id, outcome: Some(outcome) })),
-                        };
-                        if tx.send(result).await.is_err() {
-                            return Ok(SessionEnd::Disconnected { healthy: healthy() });
-                        }
+                        // Commands run off the session loop, so a long one never delays heartbeats.
+                        let results = tx.clone();
+                        tokio::spawn(async move {
+                            let now_ms = SystemTime::now()
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                                .unwrap_or(0);
+                            let outcome = crate::commands::execute(command.kind, now_ms);
+                            let result = AgentMessage {
+                                body: Some(AgentBody::CommandResult(CommandResult { command_id: command.command_id, outcome: Some(outcome) })),
+                            };
+                            // A closed stream loses the result; the control plane marks it unknown.
+                            let _ = results.send(result).await;
+                        });
                     }
                     Some(ServerBody::RenewResponse(renewed)) => {
                         accept_renewal(state, &renewed.certificate_pem)?;
                         renewal_in_flight = None;
+                        let done = AgentMessage { body: Some(AgentBody::RenewComplete(RenewComplete {})) };
+                        if tx.send(done).await.is_err() {
+                            return Ok(SessionEnd::Disconnected { healthy: healthy() });
+                        }
                     }
                     None => {}
                 }

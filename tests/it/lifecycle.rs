@@ -6,11 +6,17 @@ use sqlx::Row;
 
 #[tokio::test]
 async fn revoke_closes_the_stream_and_the_certificate_is_refused_afterwards() {
-    let fx = Fixture::start(ServerOptions::default()).await;
+    // Heartbeats every 60 s: the stream can only close this fast through the notification.
+    let fx = Fixture::start(ServerOptions {
+        heartbeat_seconds: 60,
+        ..Default::default()
+    })
+    .await;
     let (node_id, state) = fx.enroll("agent", json!({})).await;
     let mut agent = Agent::start(&state);
     fx.api.wait_status(&node_id, "online").await;
 
+    let revoked_at = std::time::Instant::now();
     let (status, node) = fx
         .api
         .post(
@@ -22,6 +28,11 @@ async fn revoke_closes_the_stream_and_the_certificate_is_refused_afterwards() {
     assert_eq!(node["status"], "revoked");
     let exit = agent.wait_exit();
     assert_eq!(exit.code(), Some(3), "agent log:\n{}", agent.log_text());
+    assert!(
+        revoked_at.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        revoked_at.elapsed()
+    );
 
     // A later connect with the same certificate is refused the same way.
     let mut again = Agent::start(&state);
@@ -50,26 +61,79 @@ async fn revoke_closes_the_stream_and_the_certificate_is_refused_afterwards() {
 }
 
 #[tokio::test]
-async fn a_killed_agent_goes_offline_within_the_heartbeat_window() {
+async fn a_killed_agent_goes_offline_at_once_and_a_hung_one_within_the_heartbeat_window() {
     let fx = Fixture::start(ServerOptions {
         heartbeat_seconds: 1,
         ..Default::default()
     })
     .await;
     let (node_id, state) = fx.enroll("agent", json!({})).await;
+
+    // Killed: the connection closes, the stream ends, the node is offline.
     let mut agent = Agent::start(&state);
     fx.api.wait_status(&node_id, "online").await;
-    let killed_at = std::time::Instant::now();
     agent.kill();
     fx.api.wait_status(&node_id, "offline").await;
-    // The window is three heartbeats (3 s here); allow scheduling slack on a busy machine.
+
+    // Hung: the connection stays open but heartbeats stop; the liveness window (3 × 1 s) decides.
+    let agent = Agent::start(&state);
+    fx.api.wait_status(&node_id, "online").await;
+    agent.freeze(true);
+    let frozen_at = std::time::Instant::now();
+    fx.api.wait_status(&node_id, "offline").await;
+    let took = frozen_at.elapsed();
     assert!(
-        killed_at.elapsed() < std::time::Duration::from_secs(10),
-        "{:?}",
-        killed_at.elapsed()
+        took >= std::time::Duration::from_secs(2),
+        "offline before the window passed: {took:?}"
     );
     let (_, offline) = fx.api.get("/v1/nodes?status=offline").await;
     assert_eq!(offline["items"][0]["id"], node_id.as_str());
+
+    // Thawed, it notices the closed stream and comes back by itself.
+    agent.freeze(false);
+    fx.api.wait_status(&node_id, "online").await;
+    fx.api.ping(&node_id).await;
+    fx.finish().await;
+}
+
+#[tokio::test]
+async fn commands_in_flight_on_a_dead_stream_fail_as_outcome_unknown() {
+    let fx = Fixture::start(ServerOptions {
+        heartbeat_seconds: 60,
+        ..Default::default()
+    })
+    .await;
+    let (node_id, state) = fx.enroll("agent", json!({})).await;
+    let mut agent = Agent::start(&state);
+    fx.api.wait_status(&node_id, "online").await;
+    agent.freeze(true);
+    let (status, command) = fx
+        .api
+        .post(&format!("/v1/nodes/{node_id}/ping"), json!(null))
+        .await;
+    assert_eq!(status, 202);
+    let path = format!(
+        "/v1/nodes/{node_id}/commands/{}",
+        command["id"].as_str().unwrap()
+    );
+    wait_for("the command to be sent", || async {
+        let (_, c) = fx.api.get(&path).await;
+        (c["status"] == "sent").then_some(())
+    })
+    .await;
+    agent.kill();
+    let failed = wait_for("the command to fail", || async {
+        let (_, c) = fx.api.get(&path).await;
+        (c["status"] == "failed").then_some(c)
+    })
+    .await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("outcome on the host is unknown"),
+        "{failed}"
+    );
     fx.finish().await;
 }
 

@@ -8,6 +8,7 @@ mod enrollment;
 mod lifecycle;
 mod mtls;
 mod replicas;
+mod stream_rules;
 
 use std::sync::Arc;
 

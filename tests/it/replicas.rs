@@ -11,7 +11,11 @@ async fn replicas_share_one_ca_and_revocation_reaches_the_replica_holding_the_st
     let db = TestDatabase::create().await;
     let dir = scratch("replicas");
     // Both start at once against an empty database: migrations and CA creation race.
-    let options = ServerOptions::default();
+    // Heartbeats every 60 s: cross-replica delivery below can only be this fast through NOTIFY.
+    let options = ServerOptions {
+        heartbeat_seconds: 60,
+        ..Default::default()
+    };
     let key_dir = dir.join("server");
     std::fs::create_dir_all(&key_dir).unwrap();
     let (a, b) = tokio::join!(
@@ -30,8 +34,15 @@ async fn replicas_share_one_ca_and_revocation_reaches_the_replica_holding_the_st
     let node_id = out.node_id();
     let mut agent = Agent::start(&state); // Streams to replica A.
     api_b.wait_status(&node_id, "online").await;
+    let started = std::time::Instant::now();
     api_b.ping(&node_id).await; // Queued on B, delivered by A.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
+    let started = std::time::Instant::now();
     let (status, _) = api_b
         .post(&format!("/v1/nodes/{node_id}/revoke"), json!({}))
         .await;
@@ -41,6 +52,11 @@ async fn replicas_share_one_ca_and_revocation_reaches_the_replica_holding_the_st
         Some(3),
         "agent log:\n{}",
         agent.log_text()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
     );
     drop((a, b));
     db.drop_database().await;

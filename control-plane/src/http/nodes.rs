@@ -240,6 +240,7 @@ pub async fn revoke(
         )
         .execute(&mut *tx)
         .await?;
+        let failed_commands = fleet::fail_pending_for_revoked(&mut *tx, node_id, now).await?;
         audit::record(
             &mut tx,
             now,
@@ -250,7 +251,7 @@ pub async fn revoke(
                 target_id: node_id.to_string(),
                 reason: Some(&reason),
                 outcome: Outcome::Success,
-                detail: json!({}),
+                detail: json!({ "failed_pending_commands": failed_commands }),
             },
         )
         .await?;
