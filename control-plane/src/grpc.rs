@@ -37,6 +37,9 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// stay queued in Postgres rather than in memory.
 const OUTBOUND_QUEUE: usize = 32;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections (with or without a client certificate) one replica holds at once; beyond this,
+/// new connections are closed at accept. Sized for the 10,000-agent target with headroom.
+const MAX_CONNECTIONS: usize = 50_000;
 /// Server certificate lifetime; it is re-issued in place after two thirds of it.
 const SERVER_CERT_LIFETIME_DAYS: i64 = 30;
 
@@ -60,10 +63,15 @@ pub struct PeerCertificate {
 pub struct AgentTlsStream {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: AgentConnectInfo,
+    /// Released when the connection closes.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl AgentTlsStream {
-    fn new(inner: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
+    fn new(
+        inner: tokio_rustls::server::TlsStream<TcpStream>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
         let (tcp, conn) = inner.get_ref();
         let peer = conn
             .peer_certificates()
@@ -73,7 +81,11 @@ impl AgentTlsStream {
             remote_addr: tcp.peer_addr().ok(),
             peer,
         };
-        Self { inner, info }
+        Self {
+            inner,
+            info,
+            _permit: permit,
+        }
     }
 }
 
@@ -220,6 +232,7 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let (tx, rx) = mpsc::channel::<Result<AgentTlsStream, std::io::Error>>(128);
     let accept_shutdown = shutdown.clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -233,6 +246,10 @@ pub async fn serve(
                     }
                 },
             };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; closing new connection");
+                continue;
+            };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             // Handshakes run concurrently so one slow client cannot stall the accept loop.
@@ -240,7 +257,7 @@ pub async fn serve(
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(AgentTlsStream::new(tls))).await;
+                        let _ = tx.send(Ok(AgentTlsStream::new(tls, permit))).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -260,6 +277,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .concurrency_limit_per_connection(8)
         .add_service(service)
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), signal)
         .await?;

@@ -27,9 +27,18 @@ enum Command {
         /// The control plane's agent address, host:port.
         #[arg(long)]
         server: String,
-        /// The one-time enrollment token.
-        #[arg(long, env = "MOLTOPS_ENROLL_TOKEN", hide_env_values = true)]
-        token: String,
+        /// The one-time enrollment token (or --token-file, or MOLTOPS_ENROLL_TOKEN).
+        #[arg(
+            long,
+            env = "MOLTOPS_ENROLL_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "token_file"
+        )]
+        token: Option<String>,
+        /// Read the token from this file ("-" for standard input), keeping it out of shell
+        /// history and the process list.
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// sha256:<hex> of the control plane's CA certificate.
         #[arg(long)]
         ca_pin: String,
@@ -67,10 +76,16 @@ async fn main() -> ExitCode {
         Command::Enroll {
             server,
             token,
+            token_file,
             ca_pin,
             state_dir,
         } => {
             let result = async {
+                let token = match (token, token_file) {
+                    (Some(token), _) => token,
+                    (None, Some(path)) => read_token(&path)?,
+                    (None, None) => anyhow::bail!("--token or --token-file is required"),
+                };
                 let state = StateDir::open(&state_dir)?;
                 enroll(
                     &state,
@@ -130,6 +145,25 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The first non-empty line of a file, or of standard input for "-".
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text = if path.as_os_str() == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the token from standard input")?;
+        line
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no token in {}", path.display()))
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {

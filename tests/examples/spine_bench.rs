@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moltops_agent::tls::{PinnedCaVerifier, channel, enrollment_config, parse_pin};
-use moltops_e2e::{Agent, Fixture, ServerOptions, enroll_agent, wait_for};
+use moltops_e2e::{Agent, Fixture, ServerOptions, enroll_agent};
 use moltops_proto::agent::agent_service_client::AgentServiceClient;
 use moltops_proto::agent::{EnrollRequest, HostFacts};
 use serde_json::json;
@@ -109,20 +109,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await; // Sampling interval, not synchronisation.
         agent_rss = agent_rss.max(rss_kib(agent.pid()));
     }
-    let server_pid = wait_for("server pid", || async {
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", &format!("--data-dir {}", server.data_dir.display())])
-            .output()
-            .ok()?;
-        String::from_utf8(out.stdout)
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse::<u32>()
-            .ok()
-    })
-    .await;
+    let server_pid = server.pid();
     let server_rss = rss_kib(server_pid);
 
     println!("| Measurement | n | p50 | p95 | max |");

@@ -253,3 +253,69 @@ async fn concurrent_redemptions_of_a_single_use_token_give_exactly_one_node() {
     assert_eq!(nodes["items"].as_array().unwrap().len(), 1);
     fx.finish().await;
 }
+
+#[tokio::test]
+async fn the_token_can_come_from_a_file_or_standard_input_instead_of_the_command_line() {
+    use std::io::Write;
+    let fx = Fixture::start(ServerOptions::default()).await;
+    let server = fx.server();
+    let agent = moltops_e2e::binary("moltops-agent");
+
+    let (_, from_file) = fx.api.enrollment_token(json!({})).await;
+    let token_file = fx.dir.join("token");
+    std::fs::write(&token_file, format!("\n{from_file}\n")).unwrap();
+    let out = std::process::Command::new(&agent)
+        .args([
+            "enroll",
+            "--server",
+            &server.agent_address(),
+            "--ca-pin",
+            &server.ca_pin,
+            "--token-file",
+        ])
+        .arg(&token_file)
+        .arg("--state-dir")
+        .arg(fx.dir.join("f"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (_, from_stdin) = fx.api.enrollment_token(json!({})).await;
+    let mut child = std::process::Command::new(&agent)
+        .args([
+            "enroll",
+            "--server",
+            &server.agent_address(),
+            "--ca-pin",
+            &server.ca_pin,
+            "--token-file",
+            "-",
+        ])
+        .arg("--state-dir")
+        .arg(fx.dir.join("s"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{from_stdin}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (_, nodes) = fx.api.get("/v1/nodes").await;
+    assert_eq!(nodes["items"].as_array().unwrap().len(), 2);
+    fx.finish().await;
+}
