@@ -114,6 +114,8 @@ pub struct ServerOptions {
     pub grpc_addr: String,
     pub heartbeat_seconds: u64,
     pub agent_certificate_ttl_seconds: u64,
+    /// (certificate chain PEM file, key PEM file) to serve the REST port over HTTPS.
+    pub http_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for ServerOptions {
@@ -123,6 +125,7 @@ impl Default for ServerOptions {
             grpc_addr: "127.0.0.1:0".into(),
             heartbeat_seconds: 1,
             agent_certificate_ttl_seconds: 3600,
+            http_tls: None,
         }
     }
 }
@@ -140,8 +143,19 @@ pub struct Server {
 
 impl Server {
     pub async fn start(database_url: &str, data_dir: &Path, options: &ServerOptions) -> Self {
-        let mut child = Command::new(binary("moltops-server"))
-            .args(["serve", "--log-format", "json"])
+        let mut command = Command::new(binary("moltops-server"));
+        if let Some((cert, key)) = &options.http_tls {
+            command
+                .arg("serve")
+                .arg("--http-tls-cert")
+                .arg(cert)
+                .arg("--http-tls-key")
+                .arg(key);
+        } else {
+            command.arg("serve");
+        }
+        let mut child = command
+            .args(["--log-format", "json"])
             .args([
                 "--http-addr",
                 &options.http_addr,

@@ -20,7 +20,7 @@ async fn token_to_online_node_with_labels_system_info_and_pong() {
     );
     assert_eq!(mode & 0o777, 0o600);
 
-    let _agent = Agent::start(&state);
+    let mut agent = Agent::start(&state);
     let node = fx.api.wait_status(&node_id, "online").await;
     assert_eq!(
         node["labels"],
@@ -54,6 +54,11 @@ async fn token_to_online_node_with_labels_system_info_and_pong() {
         pong["result"]["pong"]["agent_version"],
         env!("CARGO_PKG_VERSION")
     );
+
+    // SIGTERM: a clean exit, and the control plane sees the stream end at once.
+    let status = agent.stop();
+    assert!(status.success(), "agent exited with {status}");
+    fx.api.wait_status(&node_id, "offline").await;
     fx.finish().await;
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod enrollment;
+mod https;
 mod lifecycle;
 mod mtls;
 mod replicas;
