@@ -57,3 +57,68 @@ pub async fn create(
     tx.commit().await?;
     Ok(CreatedToken { id, secret })
 }
+
+/// A token as listed (never the secret).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<TokenInfo>, sqlx::Error> {
+    sqlx::query_as!(
+        TokenInfo,
+        "select id, name, role, created_at, expires_at, revoked_at, last_used_at from api_tokens order by id"
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes a token at once; `None` when there is no such token. Revoking twice changes nothing.
+pub async fn revoke(
+    pool: &PgPool,
+    actor: &Actor,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Option<()>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let Some(row) = sqlx::query!(
+        "select revoked_at from api_tokens where id = $1 for update",
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    else {
+        return Ok(None);
+    };
+    if row.revoked_at.is_none() {
+        sqlx::query!(
+            "update api_tokens set revoked_at = $2 where id = $1",
+            id,
+            now
+        )
+        .execute(&mut *tx)
+        .await?;
+        audit::record(
+            &mut tx,
+            now,
+            AuditEvent {
+                actor,
+                action: "api_token.revoke",
+                target_kind: "api_token",
+                target_id: id.to_string(),
+                reason: None,
+                outcome: Outcome::Success,
+                detail: json!({}),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Some(()))
+}

@@ -50,8 +50,17 @@ pub enum Actor {
         id: Uuid,
         name: String,
     },
+    /// A paired device (browser, CLI, phone) signed in with a device session.
+    Device {
+        id: Uuid,
+        name: String,
+    },
     Agent {
         node_id: Uuid,
+    },
+    /// An unauthenticated caller, by client address (refused sign-ins).
+    Anonymous {
+        client: String,
     },
     /// The server itself, or an operator at the server's console (`moltops-server admin …`).
     System {
@@ -63,15 +72,18 @@ impl Actor {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ApiToken { .. } => "api_token",
+            Self::Device { .. } => "device",
             Self::Agent { .. } => "agent",
+            Self::Anonymous { .. } => "anonymous",
             Self::System { .. } => "system",
         }
     }
 
     pub fn id(&self) -> String {
         match self {
-            Self::ApiToken { id, .. } => id.to_string(),
+            Self::ApiToken { id, .. } | Self::Device { id, .. } => id.to_string(),
             Self::Agent { node_id } => node_id.to_string(),
+            Self::Anonymous { client } => client.clone(),
             Self::System { what } => (*what).to_owned(),
         }
     }
@@ -93,6 +105,12 @@ pub enum Action {
     EnrollmentTokensRead,
     EnrollmentTokensWrite,
     CaRead,
+    /// See and approve pending device pairings.
+    PairingsApprove,
+    /// Create, list and revoke API tokens.
+    ApiTokensManage,
+    /// Read one's own identity.
+    SelfRead,
 }
 
 /// An authenticated caller of the REST API.
@@ -100,6 +118,8 @@ pub enum Action {
 pub struct Principal {
     pub actor: Actor,
     pub role: Role,
+    /// The device session the request came with, if any (for logout).
+    pub session_id: Option<Uuid>,
 }
 
 impl Principal {
@@ -121,10 +141,10 @@ pub fn role_allows(role: Role, action: Action) -> bool {
     use Action::*;
     match role {
         Role::Owner => true,
-        Role::Admin => true,
+        Role::Admin => !matches!(action, ApiTokensManage),
         Role::Viewer => matches!(
             action,
-            NodesRead | CommandsRead | EnrollmentTokensRead | CaRead
+            NodesRead | CommandsRead | EnrollmentTokensRead | CaRead | SelfRead
         ),
     }
 }
@@ -150,9 +170,14 @@ mod tests {
             Action::CommandsRead,
             Action::EnrollmentTokensRead,
             Action::CaRead,
+            Action::SelfRead,
         ] {
             assert!(role_allows(Role::Viewer, action), "{action:?}");
         }
+        assert!(!role_allows(Role::Admin, Action::ApiTokensManage));
+        assert!(role_allows(Role::Owner, Action::ApiTokensManage));
+        assert!(!role_allows(Role::Viewer, Action::PairingsApprove));
+        assert!(role_allows(Role::Admin, Action::PairingsApprove));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Maximum Postgres connections of this replica.
     #[arg(long, env = "MOLTOPS_DATABASE_MAX_CONNECTIONS")]
     pub database_max_connections: Option<u32>,
+    /// Reverse proxies whose X-Forwarded-For is believed (comma-separated IPs).
+    #[arg(long, env = "MOLTOPS_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -73,6 +76,7 @@ pub struct FileConfig {
     pub agent_certificate_ttl_seconds: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub database_max_connections: Option<u32>,
+    pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
 }
 
 /// Resolved configuration.
@@ -89,6 +93,7 @@ pub struct Config {
     pub agent_certificate_ttl_seconds: u64,
     pub log_format: LogFormat,
     pub database_max_connections: u32,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +238,11 @@ impl ServeArgs {
                 .database_max_connections
                 .or(file.database_max_connections)
                 .unwrap_or(20),
+            trusted_proxies: self
+                .trusted_proxies
+                .clone()
+                .or(file.trusted_proxies)
+                .unwrap_or_default(),
         })
     }
 }

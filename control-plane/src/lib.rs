@@ -18,5 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_tls;
 pub mod hub;
+pub mod pairing;
+pub mod ratelimit;
 pub mod serve;
 pub mod session;

@@ -25,6 +25,7 @@ pub struct Settings {
     pub agent_certificate_lifetime: ChronoDuration,
     pub grpc_advertise: String,
     pub grpc_server_names: Vec<String>,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Settings {
@@ -41,6 +42,7 @@ impl Settings {
             ),
             grpc_advertise: config.grpc_advertise.clone(),
             grpc_server_names: config.grpc_server_names.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 }
@@ -53,6 +55,25 @@ pub struct AppState {
     pub ca: Arc<CertificateAuthority>,
     pub hub: Hub,
     pub settings: Arc<Settings>,
+    pub limits: Arc<Limits>,
+}
+
+/// Rate limits of the unauthenticated sign-in surface (`/pair/*`, `/v1/auth/refresh`).
+#[derive(Debug)]
+pub struct Limits {
+    /// Per client address.
+    pub per_client: crate::ratelimit::RateLimiter,
+    /// All clients together, on this replica.
+    pub global: crate::ratelimit::RateLimiter,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            per_client: crate::ratelimit::RateLimiter::new(10, Duration::from_secs(60)),
+            global: crate::ratelimit::RateLimiter::new(120, Duration::from_secs(60)),
+        }
+    }
 }
 
 /// Loads the key-encryption key: `MOLTOPS_MASTER_KEY` if set, else `<data_dir>/master.key`.
@@ -88,12 +109,24 @@ pub async fn prepare(
     let ca = CertificateAuthority::load_or_create(&pool, kek, clock.now(), &mut rng)
         .await
         .context("loading the certificate authority")?;
+    // First boot: no Owner yet. The code goes to this console only, never over HTTP.
+    if let Some(code) = crate::pairing::setup_code_if_ownerless(&pool, clock.now(), &mut rng)
+        .await
+        .context("checking for an owner")?
+    {
+        eprintln!(
+            "\nmoltops: no owner exists yet. Setup code (valid {} minutes, single use): {code}\n\
+             moltops: pair a device with it: POST /pair/confirm {{\"pairing_code\": \"{code}\", \"device_name\": \"…\"}}\n",
+            crate::pairing::SETUP_TTL.num_minutes()
+        );
+    }
     Ok(AppState {
         pool,
         clock,
         ca,
         hub: Hub::default(),
         settings: Arc::new(Settings::from_config(config)),
+        limits: Arc::new(Limits::default()),
     })
 }
 

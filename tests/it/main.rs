@@ -8,6 +8,7 @@ mod enrollment;
 mod https;
 mod lifecycle;
 mod mtls;
+mod pairing;
 mod replicas;
 mod stream_rules;
 

@@ -100,7 +100,66 @@ impl FromRequestParts<AppState> for Principal {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
-        authenticate_api_token(state, token).await
+        if token.starts_with(crate::pairing::ACCESS_PREFIX) {
+            authenticate_device_session(state, token).await
+        } else {
+            authenticate_api_token(state, token).await
+        }
+    }
+}
+
+async fn authenticate_device_session(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let now = state.clock.now();
+    let row = sqlx::query!(
+        "select s.id as session_id, d.id as device_id, d.name, d.role
+         from device_sessions s join devices d on d.id = s.device_id
+         where s.access_hash = $1 and s.revoked_at is null and s.access_expires_at > $2
+               and d.revoked_at is null",
+        hash_secret(token),
+        now
+    )
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked token"))?;
+    let role =
+        Role::parse(&row.role).ok_or_else(|| ApiError::internal("unknown role in devices"))?;
+    Ok(Principal {
+        actor: Actor::Device {
+            id: row.device_id,
+            name: row.name,
+        },
+        role,
+        session_id: Some(row.session_id),
+    })
+}
+
+/// The client's address for rate limits and the audit log (see [`crate::ratelimit::client_address`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::ConnectInfo(crate::http_tls::ClientAddr(peer)) =
+            axum::extract::ConnectInfo::<crate::http_tls::ClientAddr>::from_request_parts(
+                parts, state,
+            )
+            .await
+            .map_err(|_| ApiError::internal("no connection info on the request"))?;
+        let peer = peer.ip();
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        Ok(Self(crate::ratelimit::client_address(
+            peer,
+            forwarded,
+            &state.settings.trusted_proxies,
+        )))
     }
 }
 
@@ -137,6 +196,7 @@ async fn authenticate_api_token(state: &AppState, token: &str) -> Result<Princip
             name: row.name,
         },
         role,
+        session_id: None,
     })
 }
 

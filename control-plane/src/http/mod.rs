@@ -1,16 +1,19 @@
 //! The REST API on the HTTP port. Every route is registered through [`RouteTable::add`], which
 //! also records `(method, path)`, so a test can prove the router and `api/openapi.yaml` agree.
 
+mod api_tokens;
 mod enrollment_tokens;
 pub mod error;
 pub mod extract;
 mod nodes;
+mod pairing;
 mod system;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode};
 use axum::routing::{MethodRouter, delete, get, patch, post};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 pub use crate::serve::AppState;
@@ -48,6 +51,20 @@ fn table() -> RouteTable {
         operations: Vec::new(),
     }
     .add(Method::GET, "/health", get(system::health))
+    .add(Method::POST, "/pair/start", post(pairing::start))
+    .add(Method::POST, "/pair/confirm", post(pairing::confirm))
+    .add(Method::GET, "/v1/pairings", get(pairing::list))
+    .add(Method::POST, "/v1/pairings/approve", post(pairing::approve))
+    .add(Method::POST, "/v1/auth/refresh", post(pairing::refresh))
+    .add(Method::POST, "/v1/auth/logout", post(pairing::logout))
+    .add(Method::GET, "/v1/me", get(pairing::me))
+    .add(Method::GET, "/v1/api-tokens", get(api_tokens::list))
+    .add(Method::POST, "/v1/api-tokens", post(api_tokens::create))
+    .add(
+        Method::DELETE,
+        "/v1/api-tokens/{token_id}",
+        delete(api_tokens::revoke),
+    )
     .add(Method::GET, "/v1/ca", get(system::certificate_authority))
     .add(
         Method::POST,
@@ -103,6 +120,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // API responses carry state and sometimes secrets (tokens shown once): never cache them.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

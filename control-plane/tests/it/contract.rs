@@ -29,8 +29,6 @@ const fn pending(method: &'static str, seed_path: &'static str, issue: &'static 
 /// Seed operations not served yet. An entry must go as soon as its operation is in
 /// `api/openapi.yaml`: [`seed_operations_are_served_or_pending`] fails while it is still here.
 const PENDING_SEED_OPERATIONS: &[Pending] = &[
-    pending("post", "/pair/start", "[P2]"),
-    pending("post", "/pair/confirm", "[P2]"),
     pending("get", "/moltbot/status", "[P4]"),
     pending("post", "/install/local", "[P4]"),
     pending("post", "/install/ssh", "[P4]"),
@@ -48,8 +46,17 @@ const PENDING_SEED_OPERATIONS: &[Pending] = &[
 /// Seed paths that stay at the root; every other seed path is node-scoped.
 const ROOT_SEED_PATHS: &[&str] = &["/health", "/pair/start", "/pair/confirm"];
 
-/// The only operation without bearer authentication.
-const UNAUTHENTICATED: (&str, &str) = ("get", "/health");
+/// `GET /health`: without authentication, and its 503 carries its own body, not the envelope.
+const HEALTH: (&str, &str) = ("get", "/health");
+
+/// Besides [`HEALTH`], the only operations without bearer authentication (`security: []`): the
+/// sign-in surface, which exists to obtain a token. Every other operation must require one and
+/// declare 401.
+const UNAUTHENTICATED_OPERATIONS: &[(&str, &str)] = &[
+    ("post", "/pair/start"),
+    ("post", "/pair/confirm"),
+    ("post", "/v1/auth/refresh"),
+];
 
 const HTTP_METHODS: &[&str] = &[
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
@@ -386,13 +393,28 @@ fn seed_operations_are_served_or_pending() {
 }
 
 #[test]
-fn every_operation_has_an_operation_id_and_declares_401() {
+fn every_operation_has_an_operation_id_and_the_right_authentication() {
     let doc = ours();
     let ops = operations(&doc);
     assert!(!ops.is_empty(), "api/openapi.yaml has no operations");
     let global_security = doc.get("security");
+    let global_is_bearer = global_security
+        .and_then(Value::as_sequence)
+        .is_some_and(|s| !s.is_empty());
+    assert!(
+        global_is_bearer,
+        "api/openapi.yaml has no global security requirement (bearer authentication)"
+    );
     let mut ids = BTreeSet::new();
     let mut problems = Vec::new();
+    for &(method, path) in std::iter::once(&HEALTH).chain(UNAUTHENTICATED_OPERATIONS) {
+        if !ops.contains_key(&(method.to_owned(), path.to_owned())) {
+            problems.push(format!(
+                "{} {path} is listed as unauthenticated but is not in api/openapi.yaml",
+                method.to_uppercase()
+            ));
+        }
+    }
     for ((method, path), op) in &ops {
         let at = format!("{} {path}", method.to_uppercase());
         match op.get("operationId").and_then(Value::as_str) {
@@ -408,26 +430,37 @@ fn every_operation_has_an_operation_id_and_declares_401() {
                 }
             }
         }
+        let this = (method.as_str(), path.as_str());
+        if this == HEALTH || UNAUTHENTICATED_OPERATIONS.contains(&this) {
+            // Explicitly `security: []` on the operation, not merely inherited.
+            let explicit_none = op
+                .get("security")
+                .and_then(Value::as_sequence)
+                .is_some_and(Vec::is_empty);
+            if !explicit_none {
+                problems.push(format!("{at}: must be unauthenticated (security: [])"));
+            }
+            continue;
+        }
         let security = op
             .get("security")
             .or(global_security)
             .and_then(Value::as_sequence)
             .cloned()
             .unwrap_or_default();
-        if (method.as_str(), path.as_str()) == UNAUTHENTICATED {
-            if !security.is_empty() {
-                problems.push(format!("{at}: must be unauthenticated (security: [])"));
-            }
-            continue;
-        }
         if security.is_empty() {
-            problems.push(format!("{at}: requires no authentication"));
+            problems.push(format!(
+                "{at}: requires no authentication but is not in UNAUTHENTICATED_OPERATIONS"
+            ));
         }
         if op["responses"].get("401").is_none() {
             problems.push(format!("{at}: declares no 401 response"));
         }
     }
-    report("operations lack an operationId or a 401", &problems);
+    report(
+        "operations lack an operationId, or their authentication is wrong",
+        &problems,
+    );
 }
 
 #[test]
@@ -440,7 +473,7 @@ fn error_responses_use_the_error_envelope() {
                 continue;
             }
             // `/health` answers 503 with its own body (status `unavailable`).
-            if (method.as_str(), path.as_str()) == UNAUTHENTICATED && status == "503" {
+            if (method.as_str(), path.as_str()) == HEALTH && status == "503" {
                 continue;
             }
             let schema = json_schema_ref(&doc, response);
@@ -453,10 +486,21 @@ fn error_responses_use_the_error_envelope() {
                         .unwrap_or("without an application/json schema reference")
                 ));
             }
+            // The server sends `Retry-After` with every 429; clients need to know to wait.
+            if status == "429"
+                && resolve(&doc, response)["headers"]
+                    .get("Retry-After")
+                    .is_none()
+            {
+                problems.push(format!(
+                    "{} {path}: response 429 declares no Retry-After header",
+                    method.to_uppercase()
+                ));
+            }
         }
     }
     report(
-        "error responses without the {code, message} envelope",
+        "error responses without the {code, message} envelope (or 429 without Retry-After)",
         &problems,
     );
 }

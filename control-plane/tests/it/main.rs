@@ -5,6 +5,7 @@
 
 mod api;
 mod contract;
+mod pairing;
 mod registry;
 
 use std::sync::Arc;
@@ -43,7 +44,9 @@ pub fn state(pool: PgPool) -> (AppState, ManualClock) {
             agent_certificate_lifetime: chrono::Duration::hours(24),
             grpc_advertise: "cp.example:7338".into(),
             grpc_server_names: vec!["cp.example".into()],
+            trusted_proxies: vec!["10.9.9.9".parse().unwrap()],
         }),
+        limits: Arc::new(moltops_server::serve::Limits::default()),
     };
     (state, clock)
 }
@@ -62,7 +65,7 @@ pub async fn token(state: &AppState, role: Role) -> String {
     created.secret.to_string()
 }
 
-/// Sends one request through the router.
+/// Sends one request through the router, from 192.0.2.1.
 pub async fn call(
     state: &AppState,
     method: &str,
@@ -70,7 +73,25 @@ pub async fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (StatusCode, Value) {
+    call_from(state, "192.0.2.1:40000", &[], method, path, token, body)
+        .await
+        .0
+}
+
+/// Sends one request from `peer` with extra `headers`; also returns the response headers.
+pub async fn call_from(
+    state: &AppState,
+    peer: &str,
+    headers: &[(&str, &str)],
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> ((StatusCode, Value), axum::http::HeaderMap) {
     let mut builder = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
     if let Some(t) = token {
         builder = builder.header("authorization", format!("Bearer {t}"));
     }
@@ -81,11 +102,12 @@ pub async fn call(
         None => builder.body(Body::empty()),
     }
     .unwrap();
-    let response = moltops_server::http::router(state.clone())
-        .oneshot(request)
-        .await
-        .unwrap();
+    let peer = moltops_server::http_tls::ClientAddr(peer.parse().unwrap());
+    let router = moltops_server::http::router(state.clone())
+        .layer(axum::extract::connect_info::MockConnectInfo(peer));
+    let response = router.oneshot(request).await.unwrap();
     let status = response.status();
+    let response_headers = response.headers().clone();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .unwrap();
@@ -94,5 +116,5 @@ pub async fn call(
     } else {
         serde_json::from_slice(&bytes).unwrap()
     };
-    (status, value)
+    ((status, value), response_headers)
 }

@@ -1,0 +1,304 @@
+//! Device pairing (`/pair/start`, `/pair/confirm`, approval), device sessions (refresh, logout)
+//! and `/v1/me`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ClientIp, OptionalJson};
+use crate::audit::{self, AuditEvent, Outcome};
+use crate::auth::{Action, Actor, Principal, Role};
+use crate::pairing::{self, PairingError, Tokens};
+
+const MAX_NAME_LEN: usize = 100;
+
+fn check_name(name: &str, field: &str) -> ApiResult<()> {
+    if name.chars().count() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(ApiError::validation(format!(
+            "{field} must be at most {MAX_NAME_LEN} characters, without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// 429 with `Retry-After` when either the client's or the global budget is spent.
+fn rate_limit(state: &AppState, client: ClientIp) -> ApiResult<()> {
+    let now = state.clock.now();
+    let verdict = state
+        .limits
+        .per_client
+        .check(&client.0.to_string(), now)
+        .and_then(|()| state.limits.global.check("global", now));
+    verdict.map_err(|retry| {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many attempts; slow down",
+        );
+        error.retry_after = Some(retry.as_secs().max(1));
+        error
+    })
+}
+
+fn pairing_error(e: PairingError) -> ApiError {
+    match e {
+        PairingError::UnknownCode => ApiError::unauthorized(e.to_string()),
+        PairingError::NotApproved => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "pairing_pending", e.to_string())
+        }
+        PairingError::AlreadyUsed => ApiError::unauthorized(e.to_string()),
+        PairingError::InvalidRefresh => ApiError::unauthorized(e.to_string()),
+        PairingError::TooManyPending => {
+            let mut error =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string());
+            error.retry_after = Some(60);
+            error
+        }
+        PairingError::Forbidden(m) => ApiError::forbidden(m),
+        PairingError::Database(d) => ApiError::from(d),
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    #[serde(default)]
+    pub device_name: Option<String>,
+}
+
+/// The seed contract's `PairStartResponse`, plus the secret the device keeps for `/pair/confirm`.
+#[derive(Debug, Serialize)]
+pub struct StartResponse {
+    pub pairing_code: String,
+    pub expires_in_seconds: i64,
+    pub pairing_secret: String,
+}
+
+pub async fn start(
+    State(state): State<AppState>,
+    client: ClientIp,
+    OptionalJson(body): OptionalJson<StartRequest>,
+) -> ApiResult<Json<StartResponse>> {
+    rate_limit(&state, client)?;
+    let name = body.device_name.unwrap_or_default();
+    check_name(&name, "device_name")?;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let started = pairing::start(
+        &state.pool,
+        &client.0.to_string(),
+        &name,
+        state.clock.now(),
+        &mut rng,
+    )
+    .await
+    .map_err(pairing_error)?;
+    Ok(Json(StartResponse {
+        pairing_code: started.code,
+        expires_in_seconds: started.expires_in.num_seconds(),
+        pairing_secret: started.secret.to_string(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    pub pairing_code: String,
+    pub device_name: String,
+    /// Required for codes from `/pair/start`; a console setup code has none.
+    #[serde(default)]
+    pub pairing_secret: Option<String>,
+}
+
+/// The seed contract's `AuthTokens`.
+#[derive(Debug, Serialize)]
+pub struct AuthTokens {
+    pub access_token: String,
+    pub expires_in_seconds: i64,
+    pub refresh_token: String,
+}
+
+impl From<Tokens> for AuthTokens {
+    fn from(t: Tokens) -> Self {
+        Self {
+            access_token: t.access.to_string(),
+            expires_in_seconds: t.access_expires_in.num_seconds(),
+            refresh_token: t.refresh.to_string(),
+        }
+    }
+}
+
+pub async fn confirm(
+    State(state): State<AppState>,
+    client: ClientIp,
+    ApiJson(body): ApiJson<ConfirmRequest>,
+) -> ApiResult<Response> {
+    rate_limit(&state, client)?;
+    check_name(&body.device_name, "device_name")?;
+    if body.device_name.trim().is_empty() {
+        return Err(ApiError::validation("device_name must not be empty"));
+    }
+    let now = state.clock.now();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let result = pairing::confirm(
+        &state.pool,
+        &body.pairing_code,
+        body.pairing_secret.as_deref(),
+        &body.device_name,
+        now,
+        &mut rng,
+    )
+    .await;
+    match result {
+        Ok((_, tokens)) => Ok(Json(AuthTokens::from(tokens)).into_response()),
+        Err(e) => {
+            if !matches!(e, PairingError::NotApproved | PairingError::Database(_)) {
+                record_failure(&state, client, "pairing.confirm", &e.to_string()).await;
+            }
+            Err(pairing_error(e))
+        }
+    }
+}
+
+/// Audits a refused sign-in in its own transaction (nothing else changed).
+async fn record_failure(state: &AppState, client: ClientIp, action: &'static str, why: &str) {
+    let now = state.clock.now();
+    let actor = Actor::Anonymous {
+        client: client.0.to_string(),
+    };
+    let result = async {
+        let mut tx = state.pool.begin().await?;
+        audit::record(
+            &mut tx,
+            now,
+            AuditEvent {
+                actor: &actor,
+                action,
+                target_kind: "pairing",
+                target_id: String::new(),
+                reason: Some(why),
+                outcome: Outcome::Denied,
+                detail: json!({}),
+            },
+        )
+        .await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "could not audit a refused sign-in");
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PairingList {
+    pub items: Vec<pairing::PendingPairing>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<PairingList>> {
+    principal.authorize(Action::PairingsApprove)?;
+    let items = pairing::list_pending(&state.pool, state.clock.now()).await?;
+    Ok(Json(PairingList { items }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    pub pairing_code: String,
+    pub role: Role,
+    pub device_name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Approved {
+    pub pairing_id: Uuid,
+}
+
+pub async fn approve(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(body): ApiJson<ApproveRequest>,
+) -> ApiResult<Json<Approved>> {
+    principal.authorize(Action::PairingsApprove)?;
+    check_name(&body.device_name, "device_name")?;
+    if body.device_name.trim().is_empty() {
+        return Err(ApiError::validation("device_name must not be empty"));
+    }
+    let pairing_id = pairing::approve(
+        &state.pool,
+        &principal.actor,
+        principal.role,
+        &body.pairing_code,
+        body.role,
+        &body.device_name,
+        state.clock.now(),
+    )
+    .await
+    .map_err(|e| match e {
+        PairingError::UnknownCode => ApiError::not_found("no pending pairing with that code"),
+        other => pairing_error(other),
+    })?;
+    Ok(Json(Approved { pairing_id }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+pub async fn refresh(
+    State(state): State<AppState>,
+    client: ClientIp,
+    ApiJson(body): ApiJson<RefreshRequest>,
+) -> ApiResult<Response> {
+    rate_limit(&state, client)?;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let tokens = pairing::refresh(
+        &state.pool,
+        &body.refresh_token,
+        state.clock.now(),
+        &mut rng,
+    )
+    .await
+    .map_err(pairing_error)?;
+    Ok(Json(AuthTokens::from(tokens)).into_response())
+}
+
+pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<StatusCode> {
+    let session_id = principal.session_id.ok_or_else(|| {
+        ApiError::bad_request("only device sessions log out; revoke API tokens at /v1/api-tokens")
+    })?;
+    pairing::logout(&state.pool, &principal.actor, session_id, state.clock.now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Me {
+    pub kind: &'static str,
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+}
+
+pub async fn me(principal: Principal) -> ApiResult<Json<Me>> {
+    principal.authorize(Action::SelfRead)?;
+    let name = match &principal.actor {
+        Actor::ApiToken { name, .. } | Actor::Device { name, .. } => name.clone(),
+        other => other.id(),
+    };
+    Ok(Json(Me {
+        kind: principal.actor.kind(),
+        id: principal.actor.id(),
+        name,
+        role: principal.role,
+    }))
+}

@@ -1,0 +1,143 @@
+//! Token-bucket rate limits for the unauthenticated surface, and the client address they key on.
+//!
+//! Limits are per replica and in memory: with N replicas the global ceiling is N times the
+//! configured one (stated in docs/security.md). Time is a parameter, so tests are exact.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// Buckets kept before idle (full) ones are dropped; bounds memory under address churn.
+const MAX_BUCKETS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: DateTime<Utc>,
+}
+
+/// `capacity` requests in a burst, refilled at `capacity` per `period`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    capacity: f64,
+    per_second: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(capacity: u32, period: Duration) -> Self {
+        let capacity = f64::from(capacity.max(1));
+        Self {
+            capacity,
+            per_second: capacity / period.as_secs_f64().max(0.001),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `key`, or says how long until one is available.
+    pub fn check(&self, key: &str, now: DateTime<Utc>) -> Result<(), Duration> {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            let (capacity, per_second) = (self.capacity, self.per_second);
+            buckets.retain(|_, b| refill(b, now, capacity, per_second) < capacity);
+        }
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.capacity,
+            updated: now,
+        });
+        let tokens = refill(bucket, now, self.capacity, self.per_second);
+        if tokens >= 1.0 {
+            bucket.tokens = tokens - 1.0;
+            bucket.updated = now;
+            Ok(())
+        } else {
+            bucket.tokens = tokens;
+            bucket.updated = now;
+            Err(Duration::from_secs_f64(
+                ((1.0 - tokens) / self.per_second).max(0.001),
+            ))
+        }
+    }
+}
+
+fn refill(bucket: &Bucket, now: DateTime<Utc>, capacity: f64, per_second: f64) -> f64 {
+    let elapsed = (now - bucket.updated).num_milliseconds().max(0) as f64 / 1000.0;
+    (bucket.tokens + elapsed * per_second).min(capacity)
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy, in which case the
+/// right-most address in `X-Forwarded-For` that is not itself a trusted proxy. A client that is
+/// not a trusted proxy cannot choose its address by sending the header.
+pub fn client_address(
+    peer: IpAddr,
+    forwarded_for: Option<&str>,
+    trusted_proxies: &[IpAddr],
+) -> IpAddr {
+    if !trusted_proxies.contains(&peer) {
+        return peer;
+    }
+    let Some(header) = forwarded_for else {
+        return peer;
+    };
+    let mut hops = header.split(',').map(str::trim).rev();
+    let mut last = peer;
+    for hop in hops.by_ref() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted_proxies.contains(&ip) => last = ip,
+            Ok(ip) => return ip,
+            // A malformed hop: stop trusting the chain at the last good address.
+            Err(_) => return last,
+        }
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_800_000_000_000 + ms).unwrap()
+    }
+
+    #[test]
+    fn bursts_then_refills_and_keys_are_independent() {
+        let limiter = RateLimiter::new(3, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert!(limiter.check("a", at(0)).is_ok());
+        }
+        let retry = limiter.check("a", at(0)).unwrap_err();
+        assert_eq!(retry.as_secs(), 20, "one token every 20 s");
+        assert!(
+            limiter.check("b", at(0)).is_ok(),
+            "another key has its own bucket"
+        );
+        assert!(limiter.check("a", at(19_000)).is_err());
+        assert!(limiter.check("a", at(21_000)).is_ok());
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let spoofed = Some("198.51.100.1, 203.0.113.7");
+        // Not a trusted peer: the header is ignored.
+        assert_eq!(client_address(client, Some("1.2.3.4"), &[proxy]), client);
+        // Trusted proxy: the right-most untrusted hop is the client (the left part is client-supplied).
+        assert_eq!(client_address(proxy, spoofed, &[proxy]), client);
+        // Chained trusted proxies are skipped.
+        let inner: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            client_address(proxy, Some("203.0.113.7, 10.0.0.2"), &[proxy, inner]),
+            client
+        );
+        // No header, or garbage: the proxy itself.
+        assert_eq!(client_address(proxy, None, &[proxy]), proxy);
+        assert_eq!(client_address(proxy, Some("not-an-ip"), &[proxy]), proxy);
+    }
+}
