@@ -1,7 +1,7 @@
 //! Who is calling, and may they do this. Every REST handler takes a [`Principal`] (the extractor
-//! is in `http::extract`) and calls [`Principal::authorize`] with an [`Action`]; gRPC calls get an
-//! agent principal from the verified client certificate. [P2] replaces the role table in
-//! [`role_allows`] with casbin policies behind the same `authorize` call.
+//! is in `http::extract`) and calls [`Principal::authorize`] with an [`Action`], which asks the
+//! casbin policy in [`crate::rbac`]; gRPC calls get an agent identity from the verified client
+//! certificate and act only on their own node.
 
 use std::fmt;
 
@@ -120,12 +120,14 @@ pub struct Principal {
     pub role: Role,
     /// The device session the request came with, if any (for logout).
     pub session_id: Option<Uuid>,
+    /// The policy this request is judged by.
+    pub authz: std::sync::Arc<crate::rbac::Authz>,
 }
 
 impl Principal {
     /// The one enforcement point for REST handlers.
     pub fn authorize(&self, action: Action) -> Result<(), ApiError> {
-        if role_allows(self.role, action) {
+        if self.authz.allows(self.role, action) {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(
@@ -136,49 +138,9 @@ impl Principal {
     }
 }
 
-/// The role table. Viewers read; Admins operate the fleet; Owners do everything.
-pub fn role_allows(role: Role, action: Action) -> bool {
-    use Action::*;
-    match role {
-        Role::Owner => true,
-        Role::Admin => !matches!(action, ApiTokensManage),
-        Role::Viewer => matches!(
-            action,
-            NodesRead | CommandsRead | EnrollmentTokensRead | CaRead | SelfRead
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn viewers_only_read() {
-        for action in [
-            Action::NodesWrite,
-            Action::NodesRevoke,
-            Action::CommandsCreate,
-            Action::EnrollmentTokensWrite,
-        ] {
-            assert!(!role_allows(Role::Viewer, action), "{action:?}");
-            assert!(role_allows(Role::Admin, action), "{action:?}");
-            assert!(role_allows(Role::Owner, action), "{action:?}");
-        }
-        for action in [
-            Action::NodesRead,
-            Action::CommandsRead,
-            Action::EnrollmentTokensRead,
-            Action::CaRead,
-            Action::SelfRead,
-        ] {
-            assert!(role_allows(Role::Viewer, action), "{action:?}");
-        }
-        assert!(!role_allows(Role::Admin, Action::ApiTokensManage));
-        assert!(role_allows(Role::Owner, Action::ApiTokensManage));
-        assert!(!role_allows(Role::Viewer, Action::PairingsApprove));
-        assert!(role_allows(Role::Admin, Action::PairingsApprove));
-    }
 
     #[test]
     fn roles_round_trip() {

@@ -20,5 +20,6 @@ pub mod http_tls;
 pub mod hub;
 pub mod pairing;
 pub mod ratelimit;
+pub mod rbac;
 pub mod serve;
 pub mod session;

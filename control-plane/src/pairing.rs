@@ -30,7 +30,7 @@ pub const MAX_PENDING: i64 = 10_000;
 pub const ACCESS_PREFIX: &str = "moa_";
 pub const REFRESH_PREFIX: &str = "mor_";
 const SECRET_PREFIX: &str = "mop_";
-const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"; // pragma: allowlist secret
 const CODE_LEN: usize = 8;
 
 #[derive(Debug, thiserror::Error)]

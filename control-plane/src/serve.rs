@@ -56,6 +56,7 @@ pub struct AppState {
     pub hub: Hub,
     pub settings: Arc<Settings>,
     pub limits: Arc<Limits>,
+    pub authz: Arc<crate::rbac::Authz>,
 }
 
 /// Rate limits of the unauthenticated sign-in surface (`/pair/*`, `/v1/auth/refresh`).
@@ -121,12 +122,15 @@ pub async fn prepare(
         );
     }
     Ok(AppState {
-        pool,
         clock,
         ca,
         hub: Hub::default(),
         settings: Arc::new(Settings::from_config(config)),
         limits: Arc::new(Limits::default()),
+        authz: crate::rbac::Authz::load(&pool)
+            .await
+            .context("loading the authorization policy")?,
+        pool,
     })
 }
 

@@ -130,6 +130,7 @@ async fn authenticate_device_session(state: &AppState, token: &str) -> Result<Pr
         },
         role,
         session_id: Some(row.session_id),
+        authz: state.authz.clone(),
     })
 }
 
@@ -197,6 +198,7 @@ async fn authenticate_api_token(state: &AppState, token: &str) -> Result<Princip
         },
         role,
         session_id: None,
+        authz: state.authz.clone(),
     })
 }
 

@@ -23,7 +23,7 @@ const UNAUTHENTICATED: &[&str] = &["/pair/start", "/pair/confirm", "/v1/auth/ref
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn every_route_but_health_requires_a_valid_bearer_token(pool: PgPool) {
-    let (state, _) = state(pool);
+    let (state, _) = state(pool).await;
     let ops = moltops_server::http::operations();
     assert!(ops.len() >= 10);
     for op in ops {
@@ -64,7 +64,7 @@ async fn every_route_but_health_requires_a_valid_bearer_token(pool: PgPool) {
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn viewers_read_but_cannot_write(pool: PgPool) {
-    let (state, _) = state(pool);
+    let (state, _) = state(pool).await;
     let viewer = token(&state, Role::Viewer).await;
     let (status, _) = call(&state, "GET", "/v1/nodes", Some(&viewer), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -82,7 +82,7 @@ async fn viewers_read_but_cannot_write(pool: PgPool) {
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn bad_input_gets_the_right_status_and_the_envelope(pool: PgPool) {
-    let (state, _) = state(pool);
+    let (state, _) = state(pool).await;
     let owner = token(&state, Role::Owner).await;
     let check = |method: &'static str,
                  path: &'static str,
@@ -213,7 +213,7 @@ async fn bad_input_gets_the_right_status_and_the_envelope(pool: PgPool) {
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn expired_and_revoked_api_tokens_are_refused(pool: PgPool) {
-    let (state, clock) = state(pool.clone());
+    let (state, clock) = state(pool.clone()).await;
     let created = moltops_server::api_tokens::create(
         &pool,
         &moltops_server::auth::Actor::System { what: "test" },
@@ -256,7 +256,7 @@ fn clock_now(state: &moltops_server::serve::AppState) -> chrono::DateTime<chrono
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn token_secrets_are_shown_once_and_never_stored_or_audited(pool: PgPool) {
-    let (state, _) = state(pool.clone());
+    let (state, _) = state(pool.clone()).await;
     let owner = token(&state, Role::Owner).await;
     let (status, created) = call(
         &state,

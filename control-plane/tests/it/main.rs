@@ -5,6 +5,7 @@
 
 mod api;
 mod contract;
+mod matrix;
 mod pairing;
 mod registry;
 
@@ -28,10 +29,12 @@ pub fn t0() -> DateTime<Utc> {
 }
 
 /// A state over `pool` with a manual clock at [`t0`] and a fresh CA.
-pub fn state(pool: PgPool) -> (AppState, ManualClock) {
+pub async fn state(pool: PgPool) -> (AppState, ManualClock) {
     let clock = ManualClock::new(t0());
     let (ca, _) = CertificateAuthority::generate(t0()).unwrap();
+    let authz = moltops_server::rbac::Authz::load(&pool).await.unwrap();
     let state = AppState {
+        authz,
         pool,
         clock: Arc::new(clock.clone()),
         ca: Arc::new(ca),

@@ -43,7 +43,7 @@ async fn audit_count(pool: &PgPool, action: &str) -> i64 {
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn a_device_pairs_only_after_approval_and_with_its_secret(pool: PgPool) {
-    let (state, _) = state(pool.clone());
+    let (state, _) = state(pool.clone()).await;
     let admin = token(&state, Role::Admin).await;
     let viewer_token = token(&state, Role::Viewer).await;
     let (code, secret) = start(&state).await;
@@ -161,7 +161,7 @@ async fn a_device_pairs_only_after_approval_and_with_its_secret(pool: PgPool) {
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn refresh_rotates_and_a_replayed_refresh_token_revokes_the_session(pool: PgPool) {
-    let (state, clock) = state(pool.clone());
+    let (state, clock) = state(pool.clone()).await;
     let owner = token(&state, Role::Owner).await;
     let (code, secret) = start(&state).await;
     let approve =
@@ -243,7 +243,7 @@ async fn refresh_rotates_and_a_replayed_refresh_token_revokes_the_session(pool: 
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn logout_is_immediate_and_only_owners_approve_owners_and_codes_expire(pool: PgPool) {
-    let (state, clock) = state(pool.clone());
+    let (state, clock) = state(pool.clone()).await;
     let owner = token(&state, Role::Owner).await;
     let admin = token(&state, Role::Admin).await;
     let (code, secret) = start(&state).await;
@@ -347,7 +347,7 @@ async fn logout_is_immediate_and_only_owners_approve_owners_and_codes_expire(poo
 async fn pairing_is_rate_limited_per_client_and_forwarded_for_counts_only_from_trusted_proxies(
     pool: PgPool,
 ) {
-    let (state, clock) = state(pool);
+    let (state, clock) = state(pool).await;
     let post = |peer: &'static str, xff: Option<&'static str>| {
         let state = state.clone();
         async move {
@@ -392,7 +392,7 @@ async fn pairing_is_rate_limited_per_client_and_forwarded_for_counts_only_from_t
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn the_setup_code_makes_the_first_owner_once(pool: PgPool) {
     use rand::SeedableRng;
-    let (state, _) = state(pool.clone());
+    let (state, _) = state(pool.clone()).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     let code = moltops_server::pairing::setup_code_if_ownerless(&pool, crate::t0(), &mut rng)
         .await
@@ -432,7 +432,7 @@ async fn the_setup_code_makes_the_first_owner_once(pool: PgPool) {
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn owners_manage_api_tokens_and_revocation_is_immediate(pool: PgPool) {
-    let (state, _) = state(pool.clone());
+    let (state, _) = state(pool.clone()).await;
     let owner = token(&state, Role::Owner).await;
     let admin = token(&state, Role::Admin).await;
     let body = r#"{"name": "ci", "role": "viewer", "expires_in_days": 30}"#;

@@ -36,7 +36,7 @@ async fn insert_node(
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn the_status_filter_in_sql_agrees_with_the_derived_status(pool: PgPool) {
-    let (state, _) = state(pool.clone());
+    let (state, _) = state(pool.clone()).await;
     let viewer = token(&state, Role::Viewer).await;
     // Every combination of connected × last seen (recent, stale, never) × revoked.
     let mut n = 0u128;
@@ -86,7 +86,7 @@ async fn the_status_filter_in_sql_agrees_with_the_derived_status(pool: PgPool) {
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn cursor_pagination_visits_every_node_once(pool: PgPool) {
-    let (state, _) = state(pool.clone());
+    let (state, _) = state(pool.clone()).await;
     let viewer = token(&state, Role::Viewer).await;
     for i in 1..=7u128 {
         insert_node(&pool, Uuid::from_u128(i), true, Some(1), false).await;
@@ -140,7 +140,7 @@ async fn cursor_pagination_visits_every_node_once(pool: PgPool) {
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn label_changes_are_validated_and_audited(pool: PgPool) {
-    let (state, _) = state(pool.clone());
+    let (state, _) = state(pool.clone()).await;
     let admin = token(&state, Role::Admin).await;
     let id = Uuid::from_u128(2);
     insert_node(&pool, id, true, Some(1), false).await;
