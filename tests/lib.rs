@@ -74,6 +74,9 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create() -> Self {
+        // reqwest is built with rustls and no default provider (the CLI's choice, unified across
+        // the workspace): every test starts here, so install ring once for the process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let admin_url = std::env::var("MOLTOPS_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         let name = format!("moltops_e2e_{}", Uuid::new_v4().simple());

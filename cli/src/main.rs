@@ -1,0 +1,577 @@
+//! `moltopsctl`: the moltops command line. It speaks only the REST API (`api/openapi.yaml`).
+//!
+//! Credentials: `--token` / `MOLTOPS_TOKEN` (an API token), or the device session saved by
+//! `moltopsctl login` (pairing) in `$MOLTOPS_CONFIG_DIR/credentials.json` (default
+//! `~/.config/moltops`), written 0600 and refreshed automatically when the access token expires.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(
+    name = "moltopsctl",
+    version,
+    about = "Operate a moltops fleet from the command line"
+)]
+struct Cli {
+    /// Control plane URL, e.g. https://moltops.example:7337 (default: the saved login, else http://127.0.0.1:7337).
+    #[arg(long, env = "MOLTOPS_SERVER", global = true)]
+    server: Option<String>,
+    /// An API token; without it, the saved device session is used.
+    #[arg(long, env = "MOLTOPS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// PEM CA certificate to trust for HTTPS (in addition to the system roots).
+    #[arg(long, env = "MOLTOPS_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// Print raw JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pair this CLI as a device: shows a code for an Owner/Admin to approve, then saves a session.
+    Login {
+        /// The name to request for this device.
+        #[arg(long, default_value = "moltopsctl")]
+        name: String,
+        /// How often to ask whether the code was approved.
+        #[arg(long, default_value_t = 7000, hide = true)]
+        poll_interval_ms: u64,
+    },
+    /// End the saved device session.
+    Logout,
+    /// Who am I, to the control plane.
+    Whoami,
+    /// Device pairings.
+    Pair {
+        #[command(subcommand)]
+        command: PairCommand,
+    },
+    /// The fleet.
+    Nodes {
+        #[command(subcommand)]
+        command: NodesCommand,
+    },
+    /// One-time tokens that enroll new hosts.
+    EnrollmentTokens {
+        #[command(subcommand)]
+        command: EnrollmentCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PairCommand {
+    /// Pending pairings.
+    List,
+    /// Approve the code a device shows, binding a role and a name.
+    Approve {
+        code: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCommand {
+    /// List nodes.
+    List {
+        /// Label selector, e.g. env=prod,tier!=db
+        #[arg(long)]
+        selector: Option<String>,
+        /// online, offline or revoked
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Send a ping and wait for the pong.
+    Ping { node_id: String },
+}
+
+#[derive(Subcommand)]
+enum EnrollmentCommand {
+    /// Create a token (shown once) and print the enroll command.
+    Create {
+        /// key=value, repeatable
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        max_uses: u32,
+    },
+}
+
+/// The saved device session.
+#[derive(Debug, Serialize, Deserialize)]
+struct Credentials {
+    server: String,
+    access_token: String,
+    refresh_token: String,
+    access_expires_at: DateTime<Utc>,
+}
+
+/// The wall clock: the CLI is a thin shell around HTTP calls, with no logic worth pinning time for.
+#[allow(clippy::disallowed_methods)]
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn config_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("MOLTOPS_CONFIG_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| anyhow!("HOME is not set; set MOLTOPS_CONFIG_DIR"))?;
+    Ok(PathBuf::from(home).join(".config").join("moltops"))
+}
+
+fn load_credentials() -> anyhow::Result<Option<Credentials>> {
+    let path = config_dir()?.join("credentials.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes the credentials 0600, atomically.
+fn save_credentials(credentials: &Credentials) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = config_dir()?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let temp = dir.join(".credentials.json.tmp");
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(&serde_json::to_vec_pretty(credentials)?)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, dir.join("credentials.json"))?;
+    Ok(())
+}
+
+struct Client {
+    http: reqwest::Client,
+    server: String,
+    token: Option<String>,
+    credentials: Option<Credentials>,
+}
+
+impl Client {
+    fn new(cli: &Cli) -> anyhow::Result<Self> {
+        let credentials = if cli.token.is_some() {
+            None
+        } else {
+            load_credentials()?
+        };
+        let server = cli
+            .server
+            .clone()
+            .or_else(|| credentials.as_ref().map(|c| c.server.clone()))
+            .unwrap_or_else(|| "http://127.0.0.1:7337".to_owned());
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(path) = &cli.ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        Ok(Self {
+            http: builder.build()?,
+            server: server.trim_end_matches('/').to_owned(),
+            token: cli.token.clone(),
+            credentials,
+        })
+    }
+
+    async fn bearer(&mut self) -> anyhow::Result<String> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        let Some(credentials) = &self.credentials else {
+            bail!("not signed in: run `moltopsctl login`, or pass --token / MOLTOPS_TOKEN");
+        };
+        if credentials.access_expires_at > now() + chrono::Duration::seconds(30) {
+            return Ok(credentials.access_token.clone());
+        }
+        let refreshed = self
+            .send(
+                reqwest::Method::POST,
+                "/v1/auth/refresh",
+                None,
+                Some(json!({ "refresh_token": credentials.refresh_token })),
+            )
+            .await
+            .context(
+                "refreshing the saved session (run `moltopsctl login` again if it was revoked)",
+            )?;
+        let renewed = credentials_from(&self.server, &refreshed)?;
+        save_credentials(&renewed)?;
+        let access = renewed.access_token.clone();
+        self.credentials = Some(renewed);
+        Ok(access)
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut request = self.http.request(method, format!("{}{path}", self.server));
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("reaching {}", self.server))?;
+        let status = response.status();
+        let text = response.text().await?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let message = value["message"].as_str().unwrap_or("no message").to_owned();
+            let code = value["code"].as_str().unwrap_or("error").to_owned();
+            Err(anyhow!(ApiFailure {
+                status: status.as_u16(),
+                code,
+                message
+            }))
+        }
+    }
+
+    async fn call(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let bearer = self.bearer().await?;
+        self.send(method, path, Some(&bearer), body).await
+    }
+}
+
+/// An error answer from the API, in its `{code, message}` envelope.
+#[derive(Debug)]
+struct ApiFailure {
+    status: u16,
+    code: String,
+    message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+fn credentials_from(server: &str, tokens: &Value) -> anyhow::Result<Credentials> {
+    let field = |name: &str| {
+        tokens[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("the server's answer has no {name}"))
+    };
+    let expires_in = tokens["expires_in_seconds"].as_i64().unwrap_or(0);
+    Ok(Credentials {
+        server: server.to_owned(),
+        access_token: field("access_token")?,
+        refresh_token: field("refresh_token")?,
+        access_expires_at: now() + chrono::Duration::seconds(expires_in),
+    })
+}
+
+fn print(json_output: bool, value: &Value, human: impl FnOnce(&Value)) {
+    if json_output {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        human(value);
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moltopsctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = Client::new(&cli)?;
+    let json_output = cli.json;
+    use reqwest::Method;
+    match cli.command {
+        Command::Login {
+            name,
+            poll_interval_ms,
+        } => {
+            let started = client
+                .send(
+                    Method::POST,
+                    "/pair/start",
+                    None,
+                    Some(json!({ "device_name": name })),
+                )
+                .await?;
+            let code = started["pairing_code"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no pairing code in the answer"))?
+                .to_owned();
+            let secret = started["pairing_secret"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            println!("pairing code: {code}");
+            println!(
+                "ask an Owner or Admin to approve it: moltopsctl pair approve {code} --role viewer --name {name}"
+            );
+            let deadline = std::time::Instant::now()
+                + Duration::from_secs(
+                    u64::try_from(started["expires_in_seconds"].as_i64().unwrap_or(600))
+                        .unwrap_or(600),
+                );
+            let body =
+                json!({ "pairing_code": code, "device_name": name, "pairing_secret": secret });
+            loop {
+                tokio::time::sleep(Duration::from_millis(poll_interval_ms)).await;
+                match client
+                    .send(Method::POST, "/pair/confirm", None, Some(body.clone()))
+                    .await
+                {
+                    Ok(tokens) => {
+                        save_credentials(&credentials_from(&client.server, &tokens)?)?;
+                        println!(
+                            "paired; session saved in {}",
+                            config_dir()?.join("credentials.json").display()
+                        );
+                        return Ok(());
+                    }
+                    Err(e) => match e.downcast_ref::<ApiFailure>() {
+                        Some(f) if f.code == "pairing_pending" || f.status == 429 => {
+                            if std::time::Instant::now() > deadline {
+                                bail!("the pairing code expired before it was approved");
+                            }
+                        }
+                        _ => return Err(e),
+                    },
+                }
+            }
+        }
+        Command::Logout => {
+            client.call(Method::POST, "/v1/auth/logout", None).await?;
+            let _ = std::fs::remove_file(config_dir()?.join("credentials.json"));
+            println!("signed out");
+        }
+        Command::Whoami => {
+            let me = client.call(Method::GET, "/v1/me", None).await?;
+            print(json_output, &me, |me| {
+                println!(
+                    "{} {} ({}), role {}",
+                    me["kind"].as_str().unwrap_or(""),
+                    me["name"].as_str().unwrap_or(""),
+                    me["id"].as_str().unwrap_or(""),
+                    me["role"].as_str().unwrap_or("")
+                );
+            });
+        }
+        Command::Pair {
+            command: PairCommand::List,
+        } => {
+            let list = client.call(Method::GET, "/v1/pairings", None).await?;
+            print(json_output, &list, |list| {
+                for p in list["items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {}  from {}  expires {}",
+                        p["id"].as_str().unwrap_or(""),
+                        p["requested_name"].as_str().unwrap_or(""),
+                        p["client_addr"].as_str().unwrap_or(""),
+                        p["expires_at"].as_str().unwrap_or("")
+                    );
+                }
+            });
+        }
+        Command::Pair {
+            command: PairCommand::Approve { code, role, name },
+        } => {
+            let approved = client
+                .call(
+                    Method::POST,
+                    "/v1/pairings/approve",
+                    Some(json!({ "pairing_code": code, "role": role, "device_name": name })),
+                )
+                .await?;
+            print(json_output, &approved, |_| {
+                println!("approved {name} as {role}")
+            });
+        }
+        Command::Nodes {
+            command: NodesCommand::List { selector, status },
+        } => {
+            let mut query = Vec::new();
+            if let Some(s) = selector {
+                query.push(format!("selector={}", urlencode(&s)));
+            }
+            if let Some(s) = status {
+                query.push(format!("status={}", urlencode(&s)));
+            }
+            let mut items = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut q = query.clone();
+                if let Some(c) = &cursor {
+                    q.push(format!("cursor={c}"));
+                }
+                let page = client
+                    .call(Method::GET, &format!("/v1/nodes?{}", q.join("&")), None)
+                    .await?;
+                items.extend(page["items"].as_array().cloned().unwrap_or_default());
+                match page["next_cursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
+            let all = Value::Array(items);
+            print(json_output, &all, |all| {
+                println!(
+                    "{:<38} {:<24} {:<8} {:<10} LABELS",
+                    "ID", "HOSTNAME", "STATUS", "AGENT"
+                );
+                for n in all.as_array().into_iter().flatten() {
+                    let labels: Vec<String> = n["labels"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect();
+                    println!(
+                        "{:<38} {:<24} {:<8} {:<10} {}",
+                        n["id"].as_str().unwrap_or(""),
+                        n["hostname"].as_str().unwrap_or(""),
+                        n["status"].as_str().unwrap_or(""),
+                        n["agent_version"].as_str().unwrap_or(""),
+                        labels.join(",")
+                    );
+                }
+            });
+        }
+        Command::Nodes {
+            command: NodesCommand::Ping { node_id },
+        } => {
+            let command = client
+                .call(Method::POST, &format!("/v1/nodes/{node_id}/ping"), None)
+                .await?;
+            let id = command["id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no command id in the answer"))?
+                .to_owned();
+            let started = std::time::Instant::now();
+            loop {
+                let c = client
+                    .call(
+                        Method::GET,
+                        &format!("/v1/nodes/{node_id}/commands/{id}"),
+                        None,
+                    )
+                    .await?;
+                match c["status"].as_str() {
+                    Some("succeeded") => {
+                        print(json_output, &c, |_| {
+                            println!(
+                                "pong from {node_id} in {} ms",
+                                started.elapsed().as_millis()
+                            )
+                        });
+                        return Ok(());
+                    }
+                    Some("failed") => {
+                        bail!("ping failed: {}", c["error"].as_str().unwrap_or("unknown"))
+                    }
+                    _ if started.elapsed() > Duration::from_secs(30) => {
+                        bail!("no pong within 30 s (is the node online?)")
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+        Command::EnrollmentTokens {
+            command:
+                EnrollmentCommand::Create {
+                    labels,
+                    ttl_seconds,
+                    max_uses,
+                },
+        } => {
+            let mut map = serde_json::Map::new();
+            for label in labels {
+                let (k, v) = label
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--label must be key=value, got {label:?}"))?;
+                map.insert(k.to_owned(), Value::String(v.to_owned()));
+            }
+            let created = client
+                .call(
+                    Method::POST,
+                    "/v1/enrollment-tokens",
+                    Some(
+                        json!({ "labels": map, "ttl_seconds": ttl_seconds, "max_uses": max_uses }),
+                    ),
+                )
+                .await?;
+            print(json_output, &created, |c| {
+                println!("token (shown once): {}", c["token"].as_str().unwrap_or(""));
+                println!("expires: {}", c["expires_at"].as_str().unwrap_or(""));
+                println!(
+                    "on the host:\n  {}",
+                    c["enroll_command"].as_str().unwrap_or("")
+                );
+            });
+        }
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
