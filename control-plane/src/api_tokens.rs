@@ -23,6 +23,7 @@ pub async fn create(
     actor: &Actor,
     name: &str,
     role: Role,
+    scope: &str,
     expires_in: Option<Duration>,
     now: DateTime<Utc>,
 ) -> Result<CreatedToken, sqlx::Error> {
@@ -30,10 +31,11 @@ pub async fn create(
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
     sqlx::query!(
-        "insert into api_tokens (id, name, role, token_hash, created_at, expires_at) values ($1, $2, $3, $4, $5, $6)",
+        "insert into api_tokens (id, name, role, scope, token_hash, created_at, expires_at) values ($1, $2, $3, $4, $5, $6, $7)",
         id,
         name,
         role.as_str(),
+        scope,
         hash_secret(&secret),
         now,
         expires_in.map(|d| now + d)
@@ -50,7 +52,7 @@ pub async fn create(
             target_id: id.to_string(),
             reason: None,
             outcome: Outcome::Success,
-            detail: json!({ "name": name, "role": role.as_str() }),
+            detail: json!({ "name": name, "role": role.as_str(), "scope": scope }),
         },
     )
     .await?;
@@ -64,6 +66,7 @@ pub struct TokenInfo {
     pub id: Uuid,
     pub name: String,
     pub role: String,
+    pub scope: String,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -73,7 +76,7 @@ pub struct TokenInfo {
 pub async fn list(pool: &PgPool) -> Result<Vec<TokenInfo>, sqlx::Error> {
     sqlx::query_as!(
         TokenInfo,
-        "select id, name, role, created_at, expires_at, revoked_at, last_used_at from api_tokens order by id"
+        "select id, name, role, scope, created_at, expires_at, revoked_at, last_used_at from api_tokens order by id"
     )
     .fetch_all(pool)
     .await

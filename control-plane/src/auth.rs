@@ -122,6 +122,8 @@ pub struct Principal {
     pub session_id: Option<Uuid>,
     /// The policy this request is judged by.
     pub authz: std::sync::Arc<crate::rbac::Authz>,
+    /// The nodes the role applies to (a label selector); empty means the whole fleet.
+    pub scope: crate::fleet::Selector,
 }
 
 impl Principal {
@@ -135,6 +137,25 @@ impl Principal {
                 self.role
             )))
         }
+    }
+
+    /// For an action on one node: the role must allow it and the node must be in scope. A node
+    /// outside the scope is reported as not found, so a scoped principal learns nothing of it.
+    pub fn authorize_node(
+        &self,
+        action: Action,
+        labels: &crate::fleet::Labels,
+    ) -> Result<(), ApiError> {
+        self.authorize(action)?;
+        if self.scope.matches(labels) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found("no such node"))
+        }
+    }
+
+    pub fn is_scoped(&self) -> bool {
+        !self.scope.is_empty()
     }
 }
 

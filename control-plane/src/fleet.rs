@@ -89,6 +89,36 @@ impl Selector {
         Ok(selector)
     }
 
+    /// Whether a label set satisfies every term.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.equals.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self
+                .not_equals
+                .iter()
+                .all(|(k, v)| labels.get(k) != Some(v))
+            && self.exists.iter().all(|k| labels.contains_key(k))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.equals.is_empty() && self.not_equals.is_empty() && self.exists.is_empty()
+    }
+
+    /// Both selectors at once; `None` when they cannot both hold (`env=a` and `env=b`).
+    pub fn and(&self, other: &Self) -> Option<Self> {
+        let mut merged = self.clone();
+        for (k, v) in &other.equals {
+            match merged.equals.get(k) {
+                Some(existing) if existing != v => return None,
+                _ => {
+                    merged.equals.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        merged.not_equals.extend(other.not_equals.iter().cloned());
+        merged.exists.extend(other.exists.iter().cloned());
+        Some(merged)
+    }
+
     fn equals_json(&self) -> Value {
         serde_json::to_value(&self.equals).unwrap_or_default()
     }
@@ -100,6 +130,19 @@ impl Selector {
                 .map(|(k, v)| serde_json::json!({ k: v }))
                 .collect(),
         )
+    }
+}
+
+/// Canonical text form (`k=v,k!=v,k`), which `Selector::parse` reads back.
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let terms = self
+            .equals
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .chain(self.not_equals.iter().map(|(k, v)| format!("{k}!={v}")))
+            .chain(self.exists.iter().cloned());
+        f.write_str(&terms.collect::<Vec<_>>().join(","))
     }
 }
 
@@ -596,6 +639,35 @@ mod tests {
         for bad in ["=x", "a=b=c", "a b", "k!=v!", "k=v w"] {
             assert!(Selector::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn selectors_match_and_combine() {
+        let labels: Labels = [
+            ("env".into(), "staging".into()),
+            ("tier".into(), "edge".into()),
+        ]
+        .into();
+        let check = |selector: &str, expected: bool| {
+            assert_eq!(
+                Selector::parse(selector).unwrap().matches(&labels),
+                expected,
+                "{selector}"
+            );
+        };
+        check("", true);
+        check("env=staging", true);
+        check("env=prod", false);
+        check("env!=prod,tier", true);
+        check("tier!=edge", false);
+        check("owner", false);
+        let a = Selector::parse("env=staging").unwrap();
+        assert!(a.and(&Selector::parse("env=prod").unwrap()).is_none());
+        let both = a
+            .and(&Selector::parse("tier=edge,zone!=x").unwrap())
+            .unwrap();
+        assert!(both.matches(&labels));
+        assert!(Selector::default().is_empty() && !a.is_empty());
     }
 
     #[test]

@@ -50,6 +50,9 @@ enum AdminCommand {
         /// Expire after this many days (default: never).
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// Limit the role to nodes matching this label selector, e.g. env=staging.
+        #[arg(long, default_value = "")]
+        scope: String,
     },
 }
 
@@ -117,7 +120,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     role,
                     name,
                     expires_in_days,
+                    scope,
                 } => {
+                    let scope = moltops_server::fleet::Selector::parse(&scope)
+                        .map_err(|e| anyhow::anyhow!("--scope: {e}"))?
+                        .to_string();
+                    if role == Role::Owner && !scope.is_empty() {
+                        anyhow::bail!("an owner token cannot be scoped");
+                    }
                     let clock = moltops_server::serve::system_clock();
                     let actor = Actor::System { what: "console" };
                     let created = moltops_server::api_tokens::create(
@@ -125,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         &actor,
                         &name,
                         role,
+                        &scope,
                         expires_in_days.map(|d| chrono::Duration::days(i64::from(d))),
                         clock.now(),
                     )

@@ -211,24 +211,41 @@ pub async fn list_pending(
 
 /// Approves a device's code, binding a role and a name. An approver cannot grant more than it
 /// holds: only an Owner grants Owner.
+/// What an approver decides about a device's code.
+#[derive(Debug, Clone, Copy)]
+pub struct Approval<'a> {
+    pub code: &'a str,
+    pub role: Role,
+    pub device_name: &'a str,
+    /// Label selector the device's role is limited to ('' for the whole fleet).
+    pub scope: &'a str,
+}
+
 pub async fn approve(
     pool: &PgPool,
     approver: &Actor,
     approver_role: Role,
-    code: &str,
-    role: Role,
-    device_name: &str,
+    approval: Approval<'_>,
     now: DateTime<Utc>,
 ) -> Result<Uuid, PairingError> {
+    let Approval {
+        code,
+        role,
+        device_name,
+        scope,
+    } = approval;
     if role == Role::Owner && approver_role != Role::Owner {
         return Err(PairingError::Forbidden(
             "only an owner can approve an owner device".into(),
         ));
     }
+    if role == Role::Owner && !scope.is_empty() {
+        return Err(PairingError::Forbidden("an owner is never scoped".into()));
+    }
     let normalized = normalize_code(code).ok_or(PairingError::UnknownCode)?;
     let mut tx = pool.begin().await?;
     let row = sqlx::query!(
-        "update pairings set approved_at = $2, approved_by = $3, role = $4, device_name = $5
+        "update pairings set approved_at = $2, approved_by = $3, role = $4, device_name = $5, scope = $6
          where code_hash = $1 and kind = 'device' and consumed_at is null and expires_at > $2
                and approved_at is null
          returning id",
@@ -236,7 +253,8 @@ pub async fn approve(
         now,
         approver.label(),
         role.as_str(),
-        device_name
+        device_name,
+        scope
     )
     .fetch_optional(&mut *tx)
     .await?
@@ -251,7 +269,7 @@ pub async fn approve(
             target_id: row.id.to_string(),
             reason: None,
             outcome: Outcome::Success,
-            detail: json!({ "role": role.as_str(), "device_name": device_name }),
+            detail: json!({ "role": role.as_str(), "device_name": device_name, "scope": scope }),
         },
     )
     .await?;
@@ -286,7 +304,7 @@ pub async fn confirm(
     let normalized = normalize_code(code).ok_or(PairingError::UnknownCode)?;
     let mut tx = pool.begin().await?;
     let pairing = sqlx::query!(
-        "select id, kind, secret_hash, approved_at, role, device_name, consumed_at, expires_at
+        "select id, kind, secret_hash, approved_at, role, device_name, scope, consumed_at, expires_at
          from pairings where code_hash = $1 for update",
         code_hash(&normalized)
     )
@@ -316,10 +334,11 @@ pub async fn confirm(
         .unwrap_or_else(|| device_name.to_owned());
     let device_id = Uuid::now_v7();
     sqlx::query!(
-        "insert into devices (id, name, role, created_at, approved_by) values ($1, $2, $3, $4, $5)",
+        "insert into devices (id, name, role, scope, created_at, approved_by) values ($1, $2, $3, $4, $5, $6)",
         device_id,
         name,
         role,
+        pairing.scope,
         now,
         if pairing.kind == "setup" {
             "system:console"

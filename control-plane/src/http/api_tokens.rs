@@ -21,6 +21,9 @@ pub struct CreateRequest {
     pub role: Role,
     #[serde(default)]
     pub expires_in_days: Option<u32>,
+    /// Label selector limiting the token's role to matching nodes (not for owners).
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -28,6 +31,7 @@ pub struct Created {
     pub id: Uuid,
     pub name: String,
     pub role: Role,
+    pub scope: String,
     pub expires_at: Option<DateTime<Utc>>,
     /// Shown once; only its hash is stored.
     pub token: String,
@@ -58,6 +62,10 @@ pub async fn create(
             "expires_in_days must be between 1 and 3650",
         ));
     }
+    let scope = super::pairing::effective_scope(&principal, body.scope.as_deref())?;
+    if body.role == Role::Owner && !scope.is_empty() {
+        return Err(ApiError::validation("an owner token cannot be scoped"));
+    }
     let now = state.clock.now();
     let expires_in = body.expires_in_days.map(|d| Duration::days(i64::from(d)));
     let created = api_tokens::create(
@@ -65,6 +73,7 @@ pub async fn create(
         &principal.actor,
         name,
         body.role,
+        &scope,
         expires_in,
         now,
     )
@@ -75,6 +84,7 @@ pub async fn create(
             id: created.id,
             name: name.to_owned(),
             role: body.role,
+            scope,
             expires_at: expires_in.map(|d| now + d),
             token: created.secret.to_string(),
         }),

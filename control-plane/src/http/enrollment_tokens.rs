@@ -103,6 +103,12 @@ pub async fn create(
         )));
     }
     validate_labels(&body.labels).map_err(ApiError::validation)?;
+    // A scoped principal may only enroll nodes into its own scope.
+    if !principal.scope.matches(&body.labels) {
+        return Err(ApiError::forbidden(
+            "the token's labels must match your scope",
+        ));
+    }
     if body.note.chars().count() > MAX_NOTE_LEN || body.note.chars().any(char::is_control) {
         return Err(ApiError::validation(format!(
             "note must be at most {MAX_NOTE_LEN} characters, without control characters"
@@ -148,7 +154,15 @@ pub async fn list(
     let now = state.clock.now();
     let rows = enrollment::list_tokens(&state.pool).await?;
     Ok(Json(TokenList {
-        items: rows.into_iter().map(|r| TokenView::new(r, now)).collect(),
+        items: rows
+            .into_iter()
+            .filter(|r| {
+                principal
+                    .scope
+                    .matches(&serde_json::from_value(r.labels.clone()).unwrap_or_default())
+            })
+            .map(|r| TokenView::new(r, now))
+            .collect(),
     }))
 }
 
@@ -158,6 +172,21 @@ pub async fn revoke(
     ApiPath(token_id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
     principal.authorize(Action::EnrollmentTokensWrite)?;
+    if principal.is_scoped() {
+        let labels = sqlx::query_scalar!(
+            "select labels from enrollment_tokens where id = $1",
+            token_id
+        )
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such enrollment token"))?;
+        if !principal
+            .scope
+            .matches(&serde_json::from_value(labels).unwrap_or_default())
+        {
+            return Err(ApiError::not_found("no such enrollment token"));
+        }
+    }
     enrollment::revoke_token(&state.pool, &principal.actor, token_id, state.clock.now())
         .await?
         .ok_or_else(|| ApiError::not_found("no such enrollment token"))?;

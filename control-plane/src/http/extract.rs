@@ -108,10 +108,16 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
+/// A stored scope that no longer parses denies everything rather than granting the fleet.
+fn parse_scope(scope: &str) -> Result<crate::fleet::Selector, ApiError> {
+    crate::fleet::Selector::parse(scope)
+        .map_err(|e| ApiError::internal(format!("stored scope is invalid: {e}")))
+}
+
 async fn authenticate_device_session(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     let now = state.clock.now();
     let row = sqlx::query!(
-        "select s.id as session_id, d.id as device_id, d.name, d.role
+        "select s.id as session_id, d.id as device_id, d.name, d.role, d.scope
          from device_sessions s join devices d on d.id = s.device_id
          where s.access_hash = $1 and s.revoked_at is null and s.access_expires_at > $2
                and d.revoked_at is null",
@@ -131,6 +137,7 @@ async fn authenticate_device_session(state: &AppState, token: &str) -> Result<Pr
         role,
         session_id: Some(row.session_id),
         authz: state.authz.clone(),
+        scope: parse_scope(&row.scope)?,
     })
 }
 
@@ -168,7 +175,7 @@ async fn authenticate_api_token(state: &AppState, token: &str) -> Result<Princip
     let now = state.clock.now();
     let hash = hash_secret(token);
     let row = sqlx::query!(
-        r#"select id, name, role, last_used_at from api_tokens
+        r#"select id, name, role, scope, last_used_at from api_tokens
            where token_hash = $1 and revoked_at is null and (expires_at is null or expires_at > $2)"#,
         hash,
         now
@@ -199,6 +206,7 @@ async fn authenticate_api_token(state: &AppState, token: &str) -> Result<Princip
         role,
         session_id: None,
         authz: state.authz.clone(),
+        scope: parse_scope(&row.scope)?,
     })
 }
 

@@ -105,6 +105,13 @@ pub async fn list(
         Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::bad_request("invalid cursor"))?),
     };
     let now = state.clock.now();
+    // A scoped principal sees only its nodes: its scope is ANDed into the filter.
+    let Some(selector) = selector.and(&principal.scope) else {
+        return Ok(Json(NodeList {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
+    };
     let query = NodeQuery {
         selector,
         status,
@@ -141,6 +148,7 @@ pub async fn get_one(
 ) -> ApiResult<Json<NodeView>> {
     principal.authorize(Action::NodesRead)?;
     let row = load(&state, node_id).await?;
+    principal.authorize_node(Action::NodesRead, &row.labels())?;
     Ok(Json(NodeView::new(row, &state, state.clock.now())))
 }
 
@@ -166,6 +174,13 @@ pub async fn update_labels(
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| ApiError::not_found("no such node"))?;
+    let before: Labels = serde_json::from_value(previous.labels.clone()).unwrap_or_default();
+    principal.authorize_node(Action::NodesWrite, &before)?;
+    if !principal.scope.matches(&body.labels) {
+        return Err(ApiError::forbidden(
+            "the new labels would move the node out of your scope",
+        ));
+    }
     sqlx::query!(
         "update nodes set labels = $2 where id = $1",
         node_id,
@@ -218,12 +233,16 @@ pub async fn revoke(
     let now = state.clock.now();
     let mut tx = state.pool.begin().await?;
     let row = sqlx::query!(
-        "select revoked_at from nodes where id = $1 for update",
+        "select revoked_at, labels from nodes where id = $1 for update",
         node_id
     )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("no such node"))?;
+    principal.authorize_node(
+        Action::NodesRevoke,
+        &serde_json::from_value(row.labels).unwrap_or_default(),
+    )?;
     if row.revoked_at.is_none() {
         sqlx::query!(
             "update nodes set revoked_at = $2, revoked_reason = $3, connected = false where id = $1",
@@ -280,6 +299,7 @@ pub async fn system_info(
 ) -> ApiResult<Json<SystemInfo>> {
     principal.authorize(Action::NodesRead)?;
     let row = load(&state, node_id).await?;
+    principal.authorize_node(Action::NodesRead, &row.labels())?;
     Ok(Json(SystemInfo {
         os: row.os,
         os_version: row.os_version,
@@ -332,12 +352,16 @@ pub async fn ping(
     let now = state.clock.now();
     let mut tx = state.pool.begin().await?;
     let node = sqlx::query!(
-        "select revoked_at from nodes where id = $1 for share",
+        "select revoked_at, labels from nodes where id = $1 for share",
         node_id
     )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| ApiError::not_found("no such node"))?;
+    principal.authorize_node(
+        Action::CommandsCreate,
+        &serde_json::from_value(node.labels).unwrap_or_default(),
+    )?;
     if node.revoked_at.is_some() {
         return Err(ApiError::conflict("the node is revoked"));
     }
@@ -374,6 +398,8 @@ pub async fn get_command(
     ApiPath((node_id, command_id)): ApiPath<(Uuid, Uuid)>,
 ) -> ApiResult<Json<CommandView>> {
     principal.authorize(Action::CommandsRead)?;
+    let node = load(&state, node_id).await?;
+    principal.authorize_node(Action::CommandsRead, &node.labels())?;
     let row = fleet::get_command(&state.pool, node_id, command_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such command"))?;

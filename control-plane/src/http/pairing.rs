@@ -14,6 +14,7 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ClientIp, OptionalJson};
 use crate::audit::{self, AuditEvent, Outcome};
 use crate::auth::{Action, Actor, Principal, Role};
+use crate::fleet::Selector;
 use crate::pairing::{self, PairingError, Tokens};
 
 const MAX_NAME_LEN: usize = 100;
@@ -215,6 +216,10 @@ pub struct ApproveRequest {
     pub pairing_code: String,
     pub role: Role,
     pub device_name: String,
+    /// Label selector limiting the device's role to matching nodes. A scoped approver's own
+    /// scope is always applied; it cannot grant beyond it.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -232,13 +237,17 @@ pub async fn approve(
     if body.device_name.trim().is_empty() {
         return Err(ApiError::validation("device_name must not be empty"));
     }
+    let scope = effective_scope(&principal, body.scope.as_deref())?;
     let pairing_id = pairing::approve(
         &state.pool,
         &principal.actor,
         principal.role,
-        &body.pairing_code,
-        body.role,
-        &body.device_name,
+        pairing::Approval {
+            code: &body.pairing_code,
+            role: body.role,
+            device_name: &body.device_name,
+            scope: &scope,
+        },
         state.clock.now(),
     )
     .await
@@ -247,6 +256,27 @@ pub async fn approve(
         other => pairing_error(other),
     })?;
     Ok(Json(Approved { pairing_id }))
+}
+
+/// The scope a principal may grant: its own if it is scoped (a requested scope must then equal
+/// it), else any valid selector. Returned in canonical text form.
+pub fn effective_scope(principal: &Principal, requested: Option<&str>) -> ApiResult<String> {
+    let requested = requested.map(str::trim).unwrap_or("");
+    if requested.len() > 1000 {
+        return Err(ApiError::validation(
+            "scope must be at most 1000 characters",
+        ));
+    }
+    let parsed = Selector::parse(requested).map_err(ApiError::validation)?;
+    if principal.is_scoped() {
+        if !requested.is_empty() && parsed != principal.scope {
+            return Err(ApiError::forbidden(
+                "a scoped principal can only grant its own scope",
+            ));
+        }
+        return Ok(principal.scope.to_string());
+    }
+    Ok(parsed.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +317,8 @@ pub struct Me {
     pub id: String,
     pub name: String,
     pub role: Role,
+    /// Label selector the role is limited to; empty for the whole fleet.
+    pub scope: String,
 }
 
 pub async fn me(principal: Principal) -> ApiResult<Json<Me>> {
@@ -300,5 +332,6 @@ pub async fn me(principal: Principal) -> ApiResult<Json<Me>> {
         id: principal.actor.id(),
         name,
         role: principal.role,
+        scope: principal.scope.to_string(),
     }))
 }

@@ -219,6 +219,7 @@ async fn expired_and_revoked_api_tokens_are_refused(pool: PgPool) {
         &moltops_server::auth::Actor::System { what: "test" },
         "short",
         Role::Admin,
+        "",
         Some(chrono::Duration::hours(1)),
         clock_now(&state),
     )
@@ -240,7 +241,7 @@ async fn expired_and_revoked_api_tokens_are_refused(pool: PgPool) {
     );
 
     let other = token(&state, Role::Admin).await;
-    sqlx::query("update api_tokens set revoked_at = now() where name = 'test-admin'")
+    sqlx::query("update api_tokens set revoked_at = now() where name = 'test-admin-'")
         .execute(&pool)
         .await
         .unwrap();

@@ -55,11 +55,17 @@ pub async fn state(pool: PgPool) -> (AppState, ManualClock) {
 }
 
 pub async fn token(state: &AppState, role: Role) -> String {
+    scoped_token(state, role, "").await
+}
+
+/// An API token whose role applies only to nodes matching `scope`.
+pub async fn scoped_token(state: &AppState, role: Role, scope: &str) -> String {
     let created = moltops_server::api_tokens::create(
         &state.pool,
         &Actor::System { what: "test" },
-        &format!("test-{role}"),
+        &format!("test-{role}-{scope}"),
         role,
+        scope,
         None,
         state.clock.now(),
     )

@@ -1,12 +1,14 @@
-//! The permission matrix: every principal × every REST operation, against a hand-written table
-//! of who may do what. A route without a row here fails `every_route_is_in_the_matrix`, so a new
-//! route cannot ship without a decision about who may call it.
+//! The permission matrix: every principal × every REST operation × (for node-scoped operations)
+//! a node inside and a node outside the principal's scope, against a hand-written table of who
+//! may do what. A route without a row here fails `every_route_is_in_the_matrix`, so a new route
+//! cannot ship without a decision about who may call it.
 
 use axum::http::StatusCode;
 use moltops_server::auth::Role;
 use sqlx::PgPool;
+use uuid::Uuid;
 
-use crate::{call, state, token};
+use crate::{call, scoped_token, state, token};
 
 /// Who may call an operation: anyone, or at least this role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,154 +19,117 @@ enum Needs {
     Owner,
 }
 
-const NODE: &str = "01890000-0000-7000-8000-0000000000aa";
+/// Whether an operation acts on one node (then scope applies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Fleet,
+    Node,
+}
+
 const OTHER: &str = "01890000-0000-7000-8000-0000000000bb";
 
-/// (method, route, concrete path, body, who may call it). Bodies are valid, so that a refusal can
-/// only come from authentication or authorization, never from input validation.
-fn matrix() -> Vec<(
-    &'static str,
-    &'static str,
-    String,
-    Option<&'static str>,
-    Needs,
-)> {
+struct Row {
+    method: &'static str,
+    route: &'static str,
+    body: Option<&'static str>,
+    needs: Needs,
+    target: Target,
+}
+
+/// Bodies are valid, so that a refusal can only come from authentication or authorization.
+fn matrix() -> Vec<Row> {
     use Needs::*;
+    use Target::*;
+    let row = |method, route, body, needs, target| Row {
+        method,
+        route,
+        body,
+        needs,
+        target,
+    };
     vec![
-        ("get", "/health", "/health".into(), None, Anyone),
-        ("post", "/pair/start", "/pair/start".into(), None, Anyone),
-        (
-            "post",
-            "/pair/confirm",
-            "/pair/confirm".into(),
-            Some("{}"),
-            Anyone,
-        ),
-        (
-            "post",
-            "/v1/auth/refresh",
-            "/v1/auth/refresh".into(),
-            Some("{}"),
-            Anyone,
-        ),
-        ("get", "/v1/me", "/v1/me".into(), None, Viewer),
-        (
-            "post",
-            "/v1/auth/logout",
-            "/v1/auth/logout".into(),
-            None,
-            Viewer,
-        ),
-        ("get", "/v1/ca", "/v1/ca".into(), None, Viewer),
-        (
-            "get",
-            "/v1/enrollment-tokens",
-            "/v1/enrollment-tokens".into(),
-            None,
-            Viewer,
-        ),
-        (
+        row("get", "/health", None, Anyone, Fleet),
+        row("post", "/pair/start", None, Anyone, Fleet),
+        row("post", "/pair/confirm", Some("{}"), Anyone, Fleet),
+        row("post", "/v1/auth/refresh", Some("{}"), Anyone, Fleet),
+        row("get", "/v1/me", None, Viewer, Fleet),
+        row("post", "/v1/auth/logout", None, Viewer, Fleet),
+        row("get", "/v1/ca", None, Viewer, Fleet),
+        row("get", "/v1/enrollment-tokens", None, Viewer, Fleet),
+        row(
             "post",
             "/v1/enrollment-tokens",
-            "/v1/enrollment-tokens".into(),
-            Some("{}"),
+            Some(r#"{"labels": {"env": "staging"}}"#),
             Admin,
+            Fleet,
         ),
-        (
+        row(
             "delete",
             "/v1/enrollment-tokens/{token_id}",
-            format!("/v1/enrollment-tokens/{OTHER}"),
             None,
             Admin,
+            Fleet,
         ),
-        ("get", "/v1/nodes", "/v1/nodes".into(), None, Viewer),
-        (
-            "get",
-            "/v1/nodes/{node_id}",
-            format!("/v1/nodes/{NODE}"),
-            None,
-            Viewer,
-        ),
-        (
+        row("get", "/v1/nodes", None, Viewer, Fleet),
+        row("get", "/v1/nodes/{node_id}", None, Viewer, Node),
+        row(
             "patch",
             "/v1/nodes/{node_id}",
-            format!("/v1/nodes/{NODE}"),
-            Some(r#"{"labels": {}}"#),
+            Some(r#"{"labels": {"env": "staging"}}"#),
             Admin,
+            Node,
         ),
-        (
-            "post",
-            "/v1/nodes/{node_id}/revoke",
-            format!("/v1/nodes/{OTHER}/revoke"),
-            None,
-            Admin,
-        ),
-        (
-            "get",
-            "/v1/nodes/{node_id}/system/info",
-            format!("/v1/nodes/{NODE}/system/info"),
-            None,
-            Viewer,
-        ),
-        (
-            "post",
-            "/v1/nodes/{node_id}/ping",
-            format!("/v1/nodes/{OTHER}/ping"),
-            None,
-            Admin,
-        ),
-        (
+        row("post", "/v1/nodes/{node_id}/revoke", None, Admin, Node),
+        row("get", "/v1/nodes/{node_id}/system/info", None, Viewer, Node),
+        row("post", "/v1/nodes/{node_id}/ping", None, Admin, Node),
+        row(
             "get",
             "/v1/nodes/{node_id}/commands/{command_id}",
-            format!("/v1/nodes/{NODE}/commands/{OTHER}"),
             None,
             Viewer,
+            Node,
         ),
-        ("get", "/v1/pairings", "/v1/pairings".into(), None, Admin),
-        (
+        row("get", "/v1/pairings", None, Admin, Fleet),
+        row(
             "post",
             "/v1/pairings/approve",
-            "/v1/pairings/approve".into(),
             Some(r#"{"pairing_code": "AAAA-AAAA", "role": "viewer", "device_name": "x"}"#),
             Admin,
+            Fleet,
         ),
-        (
-            "get",
-            "/v1/api-tokens",
-            "/v1/api-tokens".into(),
-            None,
-            Owner,
-        ),
-        (
+        row("get", "/v1/api-tokens", None, Owner, Fleet),
+        row(
             "post",
             "/v1/api-tokens",
-            "/v1/api-tokens".into(),
             Some(r#"{"name": "m", "role": "viewer"}"#),
             Owner,
+            Fleet,
         ),
-        (
-            "delete",
-            "/v1/api-tokens/{token_id}",
-            format!("/v1/api-tokens/{OTHER}"),
-            None,
-            Owner,
-        ),
+        row("delete", "/v1/api-tokens/{token_id}", None, Owner, Fleet),
     ]
 }
 
-fn expected(needs: Needs, principal: Option<Role>) -> bool {
+/// A principal: its role (None = anonymous) and whether it is scoped to `env=staging`.
+#[derive(Debug, Clone, Copy)]
+struct Who {
+    role: Option<Role>,
+    scoped: bool,
+}
+
+fn expected(row: &Row, who: Who, own_node: bool) -> bool {
     let rank = |r: Role| match r {
         Role::Viewer => 1,
         Role::Admin => 2,
         Role::Owner => 3,
     };
-    match (needs, principal) {
+    let role_ok = match (row.needs, who.role) {
         (Needs::Anyone, _) => true,
         (_, None) => false,
         (Needs::Viewer, Some(r)) => rank(r) >= 1,
         (Needs::Admin, Some(r)) => rank(r) >= 2,
         (Needs::Owner, Some(r)) => rank(r) >= 3,
-    }
+    };
+    role_ok && (row.target == Target::Fleet || !who.scoped || own_node)
 }
 
 #[test]
@@ -174,8 +139,8 @@ fn every_route_is_in_the_matrix() {
         .map(|o| (o.method, o.path))
         .collect();
     let mut listed: Vec<(String, &str)> = matrix()
-        .into_iter()
-        .map(|(m, r, ..)| (m.to_owned(), r))
+        .iter()
+        .map(|r| (r.method.to_owned(), r.route))
         .collect();
     routed.sort();
     listed.sort();
@@ -185,46 +150,201 @@ fn every_route_is_in_the_matrix() {
     );
 }
 
+/// A fresh node with `env` and one command on it; returns (node id, command id).
+async fn node(pool: &PgPool, env: &str) -> (Uuid, Uuid) {
+    let (node_id, command_id) = (Uuid::now_v7(), Uuid::now_v7());
+    sqlx::query(
+        "insert into nodes (id, hostname, labels, enrolled_at, certificate_serial, certificate_not_after)
+         values ($1, 'h', jsonb_build_object('env', $2::text), now(), 's', now() + interval '1 day')",
+    )
+    .bind(node_id)
+    .bind(env)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into commands (id, node_id, kind, status, created_by, created_at) values ($1, $2, 'ping', 'queued', 't', now())",
+    )
+    .bind(command_id)
+    .bind(node_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    (node_id, command_id)
+}
+
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn the_policy_enforced_on_every_route_matches_the_matrix(pool: PgPool) {
     let (state, _) = state(pool.clone()).await;
-    sqlx::query(
-        "insert into nodes (id, hostname, enrolled_at, certificate_serial, certificate_not_after)
-         values ($1::uuid, 'h', now(), 's', now() + interval '1 day')",
-    )
-    .bind(NODE)
-    .execute(&pool)
-    .await
-    .unwrap();
-    let mut principals: Vec<(Option<Role>, Option<String>)> = vec![(None, None)];
+    let mut principals: Vec<(Who, Option<String>)> = vec![(
+        Who {
+            role: None,
+            scoped: false,
+        },
+        None,
+    )];
     for role in [Role::Viewer, Role::Admin, Role::Owner] {
-        principals.push((Some(role), Some(token(&state, role).await)));
+        principals.push((
+            Who {
+                role: Some(role),
+                scoped: false,
+            },
+            Some(token(&state, role).await),
+        ));
+    }
+    for role in [Role::Viewer, Role::Admin] {
+        principals.push((
+            Who {
+                role: Some(role),
+                scoped: true,
+            },
+            Some(scoped_token(&state, role, "env=staging").await),
+        ));
     }
     let mut mismatches = Vec::new();
     let mut checked = 0;
-    for (method, route, path, body, needs) in matrix() {
-        for (role, bearer) in &principals {
-            let (status, response) = call(
-                &state,
-                &method.to_uppercase(),
-                &path,
-                bearer.as_deref(),
-                body,
-            )
-            .await;
-            let allowed = status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN;
-            checked += 1;
-            if allowed != expected(needs, *role) || status.is_server_error() {
-                mismatches.push(format!("{method} {route} as {role:?}: {status} {response}"));
+    for row in matrix() {
+        for (who, bearer) in &principals {
+            let objects: &[bool] = if row.target == Target::Node {
+                &[true, false]
+            } else {
+                &[true]
+            };
+            for &own in objects {
+                let (node_id, command_id) = node(&pool, if own { "staging" } else { "prod" }).await;
+                let path = row
+                    .route
+                    .replace("{node_id}", &node_id.to_string())
+                    .replace("{command_id}", &command_id.to_string())
+                    .replace("{token_id}", OTHER);
+                let (status, response) = call(
+                    &state,
+                    &row.method.to_uppercase(),
+                    &path,
+                    bearer.as_deref(),
+                    row.body,
+                )
+                .await;
+                // On an existing node, allowed means success; elsewhere, anything but a refusal
+                // of the caller (the objects there may legitimately not exist).
+                let allowed = match row.target {
+                    Target::Node => status.is_success(),
+                    Target::Fleet => {
+                        status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN
+                    }
+                };
+                checked += 1;
+                if allowed != expected(&row, *who, own) || status.is_server_error() {
+                    mismatches.push(format!(
+                        "{} {} as {who:?} on {} node: {status} {response}",
+                        row.method,
+                        row.route,
+                        if own { "own" } else { "foreign" }
+                    ));
+                }
             }
         }
     }
-    assert!(checked >= 80, "{checked}");
+    assert!(checked >= 150, "{checked}");
     assert!(
         mismatches.is_empty(),
         "{} mismatches:\n{}",
         mismatches.len(),
         mismatches.join("\n")
+    );
+}
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn a_scoped_admin_lists_only_its_nodes_and_cannot_grant_beyond_its_scope(pool: PgPool) {
+    let (state, _) = state(pool.clone()).await;
+    let scoped = scoped_token(&state, Role::Admin, "env=staging").await;
+    let (own, _) = node(&pool, "staging").await;
+    node(&pool, "prod").await;
+    let (_, list) = call(&state, "GET", "/v1/nodes", Some(&scoped), None).await;
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![own.to_string()]);
+    let (_, none) = call(
+        &state,
+        "GET",
+        "/v1/nodes?selector=env%3Dprod",
+        Some(&scoped),
+        None,
+    )
+    .await;
+    assert_eq!(none["items"].as_array().unwrap().len(), 0);
+    let (_, me) = call(&state, "GET", "/v1/me", Some(&scoped), None).await;
+    assert_eq!(me["scope"], "env=staging");
+
+    // Enrollment tokens only into its scope; moving a node out of scope is refused.
+    let (status, _) = call(
+        &state,
+        "POST",
+        "/v1/enrollment-tokens",
+        Some(&scoped),
+        Some(r#"{"labels": {"env": "prod"}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(
+        &state,
+        "PATCH",
+        &format!("/v1/nodes/{own}"),
+        Some(&scoped),
+        Some(r#"{"labels": {"env": "prod"}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Pairing approvals carry the approver's scope; a wider one is refused.
+    let (_, started) = call(&state, "POST", "/pair/start", None, None).await;
+    let code = started["pairing_code"].as_str().unwrap();
+    let wider = serde_json::json!({ "pairing_code": code, "role": "viewer", "device_name": "d", "scope": "" }).to_string();
+    let other = serde_json::json!({ "pairing_code": code, "role": "viewer", "device_name": "d", "scope": "env=prod" }).to_string();
+    assert_eq!(
+        call(
+            &state,
+            "POST",
+            "/v1/pairings/approve",
+            Some(&scoped),
+            Some(&other)
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &state,
+            "POST",
+            "/v1/pairings/approve",
+            Some(&scoped),
+            Some(&wider)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let confirm = serde_json::json!({
+        "pairing_code": code, "device_name": "d", "pairing_secret": started["pairing_secret"]
+    })
+    .to_string();
+    let (_, tokens) = call(&state, "POST", "/pair/confirm", None, Some(&confirm)).await;
+    let (_, device) = call(
+        &state,
+        "GET",
+        "/v1/me",
+        Some(tokens["access_token"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        device["scope"], "env=staging",
+        "the device inherits the approver's scope"
     );
 }
 
