@@ -111,6 +111,10 @@ pub enum Action {
     ApiTokensManage,
     /// Read one's own identity.
     SelfRead,
+    /// List users (devices, later SSO users) and their sessions.
+    UsersRead,
+    /// Change a user's role or scope, or remove the user.
+    UsersManage,
 }
 
 /// An authenticated caller of the REST API.

@@ -23,3 +23,4 @@ pub mod ratelimit;
 pub mod rbac;
 pub mod serve;
 pub mod session;
+pub mod users;

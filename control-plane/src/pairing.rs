@@ -304,7 +304,7 @@ pub async fn confirm(
     let normalized = normalize_code(code).ok_or(PairingError::UnknownCode)?;
     let mut tx = pool.begin().await?;
     let pairing = sqlx::query!(
-        "select id, kind, secret_hash, approved_at, role, device_name, scope, consumed_at, expires_at
+        "select id, kind, secret_hash, approved_at, approved_by, role, device_name, scope, consumed_at, expires_at
          from pairings where code_hash = $1 for update",
         code_hash(&normalized)
     )
@@ -340,11 +340,7 @@ pub async fn confirm(
         role,
         pairing.scope,
         now,
-        if pairing.kind == "setup" {
-            "system:console"
-        } else {
-            "pairing"
-        }
+        pairing.approved_by.as_deref().unwrap_or("unknown")
     )
     .execute(&mut *tx)
     .await?;

@@ -46,6 +46,8 @@ pub fn permission(action: Action) -> (&'static str, &'static str) {
         Action::PairingsApprove => ("pairings", "approve"),
         Action::ApiTokensManage => ("api_tokens", "manage"),
         Action::SelfRead => ("self", "read"),
+        Action::UsersRead => ("users", "read"),
+        Action::UsersManage => ("users", "manage"),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod extract;
 mod nodes;
 mod pairing;
 mod system;
+mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -58,6 +59,14 @@ fn table() -> RouteTable {
     .add(Method::POST, "/v1/auth/refresh", post(pairing::refresh))
     .add(Method::POST, "/v1/auth/logout", post(pairing::logout))
     .add(Method::GET, "/v1/me", get(pairing::me))
+    .add(Method::GET, "/v1/users", get(users::list))
+    .add(Method::PATCH, "/v1/users/{user_id}", patch(users::change))
+    .add(Method::DELETE, "/v1/users/{user_id}", delete(users::remove))
+    .add(
+        Method::GET,
+        "/v1/users/{user_id}/sessions",
+        get(users::sessions),
+    )
     .add(Method::GET, "/v1/api-tokens", get(api_tokens::list))
     .add(Method::POST, "/v1/api-tokens", post(api_tokens::create))
     .add(

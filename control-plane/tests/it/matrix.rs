@@ -97,6 +97,16 @@ fn matrix() -> Vec<Row> {
             Admin,
             Fleet,
         ),
+        row("get", "/v1/users", None, Admin, Fleet),
+        row(
+            "patch",
+            "/v1/users/{user_id}",
+            Some(r#"{"role": "viewer"}"#),
+            Owner,
+            Fleet,
+        ),
+        row("delete", "/v1/users/{user_id}", None, Owner, Fleet),
+        row("get", "/v1/users/{user_id}/sessions", None, Admin, Fleet),
         row("get", "/v1/api-tokens", None, Owner, Fleet),
         row(
             "post",
@@ -216,7 +226,8 @@ async fn the_policy_enforced_on_every_route_matches_the_matrix(pool: PgPool) {
                     .route
                     .replace("{node_id}", &node_id.to_string())
                     .replace("{command_id}", &command_id.to_string())
-                    .replace("{token_id}", OTHER);
+                    .replace("{token_id}", OTHER)
+                    .replace("{user_id}", OTHER);
                 let (status, response) = call(
                     &state,
                     &row.method.to_uppercase(),

@@ -473,3 +473,151 @@ async fn owners_manage_api_tokens_and_revocation_is_immediate(pool: PgPool) {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+/// Pairs a device with `role`, approved by `owner`; returns (device id, access token, refresh token).
+async fn paired_device(
+    state: &moltops_server::serve::AppState,
+    owner: &str,
+    role: &str,
+) -> (String, String, String) {
+    let (code, secret) = start(state).await;
+    let approve = json!({ "pairing_code": code, "role": role, "device_name": "d" }).to_string();
+    assert_eq!(
+        call(
+            state,
+            "POST",
+            "/v1/pairings/approve",
+            Some(owner),
+            Some(&approve)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (_, tokens) = call(
+        state,
+        "POST",
+        "/pair/confirm",
+        None,
+        Some(&confirm_body(&code, Some(&secret))),
+    )
+    .await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let (_, me) = call(state, "GET", "/v1/me", Some(&access), None).await;
+    (
+        me["id"].as_str().unwrap().to_owned(),
+        access,
+        tokens["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn role_changes_apply_on_the_next_request_and_removal_ends_every_session(pool: PgPool) {
+    let (state, _) = state(pool.clone()).await;
+    let owner = token(&state, Role::Owner).await;
+    let admin = token(&state, Role::Admin).await;
+    let (id, access, refresh) = paired_device(&state, &owner, "admin").await;
+    assert_eq!(
+        call(
+            &state,
+            "POST",
+            "/v1/enrollment-tokens",
+            Some(&access),
+            Some("{}")
+        )
+        .await
+        .0,
+        StatusCode::CREATED
+    );
+
+    let (status, users) = call(&state, "GET", "/v1/users", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(users["items"][0]["active_sessions"], 1);
+    assert!(
+        users["items"][0]["approved_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("api_token:"),
+        "{users}"
+    );
+    let path = format!("/v1/users/{id}");
+    assert_eq!(
+        call(
+            &state,
+            "PATCH",
+            &path,
+            Some(&admin),
+            Some(r#"{"role": "viewer"}"#)
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+
+    // Demoted: the very next request is judged by the new role.
+    assert_eq!(
+        call(
+            &state,
+            "PATCH",
+            &path,
+            Some(&owner),
+            Some(r#"{"role": "viewer"}"#)
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(
+            &state,
+            "POST",
+            "/v1/enrollment-tokens",
+            Some(&access),
+            Some("{}")
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&state, "GET", "/v1/me", Some(&access), None).await.1["role"],
+        "viewer"
+    );
+    let (status, _) = call(
+        &state,
+        "PATCH",
+        &path,
+        Some(&owner),
+        Some(r#"{"role": "owner", "scope": "env=x"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Removed: access and refresh tokens stop working at once.
+    assert_eq!(
+        call(&state, "DELETE", &path, Some(&owner), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&state, "GET", "/v1/me", Some(&access), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let body = json!({ "refresh_token": refresh }).to_string();
+    assert_eq!(
+        call(&state, "POST", "/v1/auth/refresh", None, Some(&body))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, sessions) = call(
+        &state,
+        "GET",
+        &format!("{path}/sessions"),
+        Some(&owner),
+        None,
+    )
+    .await;
+    assert!(sessions["items"][0]["revoked_at"].is_string(), "{sessions}");
+    assert_eq!(audit_count(&pool, "user.role_change").await, 1);
+    assert_eq!(audit_count(&pool, "user.remove").await, 1);
+}

@@ -1,0 +1,95 @@
+//! `/v1/users`: list users and their sessions (Admin+), change roles and remove users (Owner).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiPath};
+use crate::auth::{Action, Principal, Role};
+use crate::users::{self, Session, User, UserError};
+
+fn user_error(e: UserError) -> ApiError {
+    match e {
+        UserError::NotFound => ApiError::not_found("no such user"),
+        UserError::Invalid(m) => ApiError::validation(m),
+        UserError::Database(d) => ApiError::from(d),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserList {
+    pub items: Vec<User>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<UserList>> {
+    principal.authorize(Action::UsersRead)?;
+    Ok(Json(UserList {
+        items: users::list(&state.pool, state.clock.now()).await?,
+    }))
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionList {
+    pub items: Vec<Session>,
+}
+
+pub async fn sessions(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> ApiResult<Json<SessionList>> {
+    principal.authorize(Action::UsersRead)?;
+    let items = users::sessions(&state.pool, user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok(Json(SessionList { items }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRequest {
+    pub role: Role,
+    /// Label selector; omitted or empty for the whole fleet.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+pub async fn change(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<ChangeRequest>,
+) -> ApiResult<StatusCode> {
+    principal.authorize(Action::UsersManage)?;
+    let scope = super::pairing::effective_scope(&principal, body.scope.as_deref())?;
+    users::change_role(
+        &state.pool,
+        &principal.actor,
+        user_id,
+        body.role,
+        &scope,
+        state.clock.now(),
+    )
+    .await
+    .map_err(user_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn remove(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    principal.authorize(Action::UsersManage)?;
+    users::remove(&state.pool, &principal.actor, user_id, state.clock.now())
+        .await
+        .map_err(user_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,187 @@
+//! Users: today the paired devices (SSO users join them with [P2]'s OIDC). Owners change roles
+//! and scopes or remove a user; the change applies from the very next request, because every
+//! request re-reads the principal, and removal revokes every session at once.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::audit::{self, AuditEvent, Outcome};
+use crate::auth::{Actor, Role};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: Uuid,
+    pub kind: &'static str,
+    pub name: String,
+    pub role: String,
+    pub scope: String,
+    pub created_at: DateTime<Utc>,
+    pub approved_by: String,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub active_sessions: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub access_expires_at: DateTime<Utc>,
+    pub refresh_expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+pub async fn list(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<User>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"select d.id, d.name, d.role, d.scope, d.created_at, d.approved_by, d.revoked_at,
+                  (select count(*) from device_sessions s
+                   where s.device_id = d.id and s.revoked_at is null and s.refresh_expires_at > $1) as "active!"
+           from devices d order by d.id"#,
+        now
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| User {
+            id: r.id,
+            kind: "device",
+            name: r.name,
+            role: r.role,
+            scope: r.scope,
+            created_at: r.created_at,
+            approved_by: r.approved_by,
+            revoked_at: r.revoked_at,
+            active_sessions: r.active,
+        })
+        .collect())
+}
+
+pub async fn sessions(pool: &PgPool, user_id: Uuid) -> Result<Option<Vec<Session>>, sqlx::Error> {
+    let exists = sqlx::query_scalar!("select id from devices where id = $1", user_id)
+        .fetch_optional(pool)
+        .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let sessions = sqlx::query_as!(
+        Session,
+        "select id, created_at, access_expires_at, refresh_expires_at, revoked_at
+         from device_sessions where device_id = $1 order by id",
+        user_id
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(sessions))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("no such user")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Sets a user's role and scope (audited with both values before and after).
+pub async fn change_role(
+    pool: &PgPool,
+    actor: &Actor,
+    user_id: Uuid,
+    role: Role,
+    scope: &str,
+    now: DateTime<Utc>,
+) -> Result<(), UserError> {
+    if role == Role::Owner && !scope.is_empty() {
+        return Err(UserError::Invalid("an owner is never scoped".into()));
+    }
+    let mut tx = pool.begin().await?;
+    let before = sqlx::query!(
+        "select role, scope from devices where id = $1 and revoked_at is null for update",
+        user_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(UserError::NotFound)?;
+    sqlx::query!(
+        "update devices set role = $2, scope = $3 where id = $1",
+        user_id,
+        role.as_str(),
+        scope
+    )
+    .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        now,
+        AuditEvent {
+            actor,
+            action: "user.role_change",
+            target_kind: "user",
+            target_id: user_id.to_string(),
+            reason: None,
+            outcome: Outcome::Success,
+            detail: json!({
+                "before": { "role": before.role, "scope": before.scope },
+                "after": { "role": role.as_str(), "scope": scope },
+            }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Removes a user: the device is revoked and every session of it ends now.
+pub async fn remove(
+    pool: &PgPool,
+    actor: &Actor,
+    user_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<(), UserError> {
+    let mut tx = pool.begin().await?;
+    let found = sqlx::query!(
+        "select revoked_at from devices where id = $1 for update",
+        user_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(UserError::NotFound)?;
+    if found.revoked_at.is_none() {
+        sqlx::query!(
+            "update devices set revoked_at = $2 where id = $1",
+            user_id,
+            now
+        )
+        .execute(&mut *tx)
+        .await?;
+        let ended = sqlx::query!(
+            "update device_sessions set revoked_at = $2 where device_id = $1 and revoked_at is null",
+            user_id,
+            now
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        audit::record(
+            &mut tx,
+            now,
+            AuditEvent {
+                actor,
+                action: "user.remove",
+                target_kind: "user",
+                target_id: user_id.to_string(),
+                reason: None,
+                outcome: Outcome::Success,
+                detail: json!({ "sessions_ended": ended }),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
