@@ -141,3 +141,116 @@ mod tests {
         assert_eq!(client_address(proxy, Some("not-an-ip"), &[proxy]), proxy);
     }
 }
+
+/// Lockout with exponential backoff after repeated sign-in failures from one client: the first
+/// `free_failures` within `window` cost nothing; each further one locks the client out for twice
+/// as long as the previous lock (1 min, 2 min, 4 min … up to `max_lock`). A success clears it.
+#[derive(Debug)]
+pub struct Lockout {
+    free_failures: u32,
+    window: chrono::Duration,
+    max_lock: chrono::Duration,
+    clients: Mutex<HashMap<String, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    first: DateTime<Utc>,
+    locked_until: Option<DateTime<Utc>>,
+}
+
+impl Lockout {
+    pub fn new(free_failures: u32, window: chrono::Duration, max_lock: chrono::Duration) -> Self {
+        Self {
+            free_failures,
+            window,
+            max_lock,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(retry_after)` while the client is locked out.
+    pub fn check(&self, client: &str, now: DateTime<Utc>) -> Result<(), Duration> {
+        let Ok(clients) = self.clients.lock() else {
+            return Ok(());
+        };
+        match clients.get(client).and_then(|f| f.locked_until) {
+            Some(until) if until > now => {
+                Err((until - now).to_std().unwrap_or(Duration::from_secs(1)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn record_failure(&self, client: &str, now: DateTime<Utc>) {
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        if clients.len() >= MAX_BUCKETS && !clients.contains_key(client) {
+            let window = self.window;
+            clients
+                .retain(|_, f| now - f.first < window || f.locked_until.is_some_and(|u| u > now));
+        }
+        let entry = clients.entry(client.to_owned()).or_insert(Failures {
+            count: 0,
+            first: now,
+            locked_until: None,
+        });
+        let locked = entry.locked_until.is_some_and(|u| u > now);
+        if now - entry.first >= self.window && !locked {
+            *entry = Failures {
+                count: 0,
+                first: now,
+                locked_until: None,
+            };
+        }
+        entry.count += 1;
+        if entry.count > self.free_failures {
+            let exponent = (entry.count - self.free_failures - 1).min(16);
+            let lock = (chrono::Duration::minutes(1) * 2i32.pow(exponent)).min(self.max_lock);
+            entry.locked_until = Some(now + lock);
+        }
+    }
+
+    pub fn record_success(&self, client: &str) {
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.remove(client);
+        }
+    }
+}
+
+#[cfg(test)]
+mod lockout_tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn free_failures_then_doubling_locks_and_success_clears() {
+        let lockout = Lockout::new(
+            5,
+            chrono::Duration::minutes(15),
+            chrono::Duration::minutes(60),
+        );
+        for _ in 0..5 {
+            lockout.record_failure("c", at(0));
+            assert!(lockout.check("c", at(0)).is_ok());
+        }
+        lockout.record_failure("c", at(0));
+        assert_eq!(lockout.check("c", at(0)).unwrap_err().as_secs(), 60);
+        assert!(lockout.check("c", at(61)).is_ok());
+        lockout.record_failure("c", at(61));
+        assert_eq!(lockout.check("c", at(61)).unwrap_err().as_secs(), 120);
+        assert!(lockout.check("other", at(61)).is_ok());
+        lockout.record_success("c");
+        assert!(lockout.check("c", at(62)).is_ok());
+        // Locks are capped.
+        for _ in 0..30 {
+            lockout.record_failure("d", at(0));
+        }
+        assert_eq!(lockout.check("d", at(0)).unwrap_err().as_secs(), 3600);
+    }
+}

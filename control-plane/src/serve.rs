@@ -66,6 +66,8 @@ pub struct Limits {
     pub per_client: crate::ratelimit::RateLimiter,
     /// All clients together, on this replica.
     pub global: crate::ratelimit::RateLimiter,
+    /// Backoff after repeated failed sign-ins from one client.
+    pub lockout: crate::ratelimit::Lockout,
 }
 
 impl Default for Limits {
@@ -73,6 +75,11 @@ impl Default for Limits {
         Self {
             per_client: crate::ratelimit::RateLimiter::new(10, Duration::from_secs(60)),
             global: crate::ratelimit::RateLimiter::new(120, Duration::from_secs(60)),
+            lockout: crate::ratelimit::Lockout::new(
+                5,
+                chrono::Duration::minutes(15),
+                chrono::Duration::minutes(60),
+            ),
         }
     }
 }

@@ -31,10 +31,12 @@ fn check_name(name: &str, field: &str) -> ApiResult<()> {
 /// 429 with `Retry-After` when either the client's or the global budget is spent.
 fn rate_limit(state: &AppState, client: ClientIp) -> ApiResult<()> {
     let now = state.clock.now();
+    let key = client.0.to_string();
     let verdict = state
         .limits
-        .per_client
-        .check(&client.0.to_string(), now)
+        .lockout
+        .check(&key, now)
+        .and_then(|()| state.limits.per_client.check(&key, now))
         .and_then(|()| state.limits.global.check("global", now));
     verdict.map_err(|retry| {
         let mut error = ApiError::new(
@@ -156,9 +158,16 @@ pub async fn confirm(
     )
     .await;
     match result {
-        Ok((_, tokens)) => Ok(Json(AuthTokens::from(tokens)).into_response()),
+        Ok((_, tokens)) => {
+            state.limits.lockout.record_success(&client.0.to_string());
+            Ok(Json(AuthTokens::from(tokens)).into_response())
+        }
         Err(e) => {
             if !matches!(e, PairingError::NotApproved | PairingError::Database(_)) {
+                state
+                    .limits
+                    .lockout
+                    .record_failure(&client.0.to_string(), now);
                 record_failure(&state, client, "pairing.confirm", &e.to_string()).await;
             }
             Err(pairing_error(e))
@@ -292,14 +301,17 @@ pub async fn refresh(
 ) -> ApiResult<Response> {
     rate_limit(&state, client)?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
-    let tokens = pairing::refresh(
-        &state.pool,
-        &body.refresh_token,
-        state.clock.now(),
-        &mut rng,
-    )
-    .await
-    .map_err(pairing_error)?;
+    let now = state.clock.now();
+    let key = client.0.to_string();
+    let tokens = match pairing::refresh(&state.pool, &body.refresh_token, now, &mut rng).await {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            if matches!(e, PairingError::InvalidRefresh) {
+                state.limits.lockout.record_failure(&key, now);
+            }
+            return Err(pairing_error(e));
+        }
+    };
     Ok(Json(AuthTokens::from(tokens)).into_response())
 }
 

@@ -621,3 +621,50 @@ async fn role_changes_apply_on_the_next_request_and_removal_ends_every_session(p
     assert_eq!(audit_count(&pool, "user.role_change").await, 1);
     assert_eq!(audit_count(&pool, "user.remove").await, 1);
 }
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn repeated_failed_sign_ins_lock_the_client_out_with_growing_backoff(pool: PgPool) {
+    let (state, clock) = state(pool).await;
+    let bad = json!({ "refresh_token": "mor_not-a-real-token" }).to_string();
+    let attempt = |peer: &'static str| {
+        let state = state.clone();
+        let bad = bad.clone();
+        async move {
+            call_from(
+                &state,
+                peer,
+                &[],
+                "POST",
+                "/v1/auth/refresh",
+                None,
+                Some(&bad),
+            )
+            .await
+        }
+    };
+    for _ in 0..6 {
+        assert_eq!(
+            (attempt("192.0.2.50:1").await.0).0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The sixth failure locked the client for a minute, whatever the rate limit says.
+    clock.advance(Duration::seconds(30));
+    let ((status, _), headers) = attempt("192.0.2.50:1").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "30");
+    assert_eq!(
+        (attempt("192.0.2.51:1").await.0).0,
+        StatusCode::UNAUTHORIZED,
+        "other clients are unaffected"
+    );
+    clock.advance(Duration::seconds(31));
+    assert_eq!(
+        (attempt("192.0.2.50:1").await.0).0,
+        StatusCode::UNAUTHORIZED
+    );
+    // The next failure doubles the lock.
+    let ((status, _), headers) = attempt("192.0.2.50:1").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "120");
+}
