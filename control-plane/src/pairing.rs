@@ -21,7 +21,7 @@ use crate::auth::{Actor, Role};
 use crate::crypto::{generate_secret, hash_secret};
 
 pub const PAIRING_TTL: Duration = Duration::minutes(10);
-pub const SETUP_TTL: Duration = Duration::minutes(15);
+pub const SETUP_TTL: Duration = Duration::minutes(10);
 pub const ACCESS_TTL: Duration = Duration::minutes(15);
 pub const REFRESH_TTL: Duration = Duration::days(30);
 /// Pending pairings allowed at once, so an anonymous flood cannot grow the table without bound.

@@ -308,6 +308,7 @@ pub async fn refresh(
         Err(e) => {
             if matches!(e, PairingError::InvalidRefresh) {
                 state.limits.lockout.record_failure(&key, now);
+                record_failure(&state, client, "session.refresh", &e.to_string()).await;
             }
             return Err(pairing_error(e));
         }
