@@ -175,11 +175,17 @@ struct Client {
 
 impl Client {
     fn new(cli: &Cli) -> anyhow::Result<Self> {
-        let credentials = if cli.token.is_some() {
+        let mut credentials = if cli.token.is_some() {
             None
         } else {
             load_credentials()?
         };
+        // The saved session belongs to the server it was made with; never send it elsewhere.
+        if let (Some(saved), Some(asked)) = (&credentials, &cli.server)
+            && saved.server.trim_end_matches('/') != asked.trim_end_matches('/')
+        {
+            credentials = None;
+        }
         let server = cli
             .server
             .clone()

@@ -27,6 +27,15 @@ impl Role {
         }
     }
 
+    /// Ordering of the built-in roles: nobody grants a role ranked above their own.
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Viewer => 1,
+            Self::Admin => 2,
+            Self::Owner => 3,
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "owner" => Some(Self::Owner),

@@ -19,6 +19,7 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::fleet::{CHANNEL_COMMAND_QUEUED, CHANNEL_NODE_REVOKED};
+use crate::rbac::{Authz, CHANNEL_RBAC_CHANGED};
 
 pub type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 
@@ -120,10 +121,10 @@ fn close_with(handle: &SessionHandle, status: Status) {
 }
 
 /// Routes notifications to local sessions until `shutdown`. Reconnects with a capped backoff.
-pub async fn listen(pool: PgPool, hub: Hub, shutdown: CancellationToken) {
+pub async fn listen(pool: PgPool, hub: Hub, authz: Arc<Authz>, shutdown: CancellationToken) {
     let mut delay = Duration::from_millis(200);
     loop {
-        let result = listen_once(&pool, &hub, &shutdown).await;
+        let result = listen_once(&pool, &hub, &authz, &shutdown).await;
         if shutdown.is_cancelled() {
             return;
         }
@@ -131,7 +132,7 @@ pub async fn listen(pool: PgPool, hub: Hub, shutdown: CancellationToken) {
             tracing::warn!(error = %e, "notification listener lost its connection; retrying");
         }
         // Anything announced while we were away is picked up on the next connect.
-        if let Err(e) = catch_up(&pool, &hub).await {
+        if let Err(e) = catch_up(&pool, &hub, &authz).await {
             tracing::warn!(error = %e, "could not re-check local streams");
         }
         tokio::select! {
@@ -145,11 +146,16 @@ pub async fn listen(pool: PgPool, hub: Hub, shutdown: CancellationToken) {
 async fn listen_once(
     pool: &PgPool,
     hub: &Hub,
+    authz: &Authz,
     shutdown: &CancellationToken,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener
-        .listen_all([CHANNEL_NODE_REVOKED, CHANNEL_COMMAND_QUEUED])
+        .listen_all([
+            CHANNEL_NODE_REVOKED,
+            CHANNEL_COMMAND_QUEUED,
+            CHANNEL_RBAC_CHANGED,
+        ])
         .await?;
     loop {
         let received = tokio::select! {
@@ -160,9 +166,13 @@ async fn listen_once(
             // The connection dropped and notifications sent meanwhile are lost (the next
             // `try_recv` reconnects): re-read what they would have said.
             tracing::warn!("notification listener reconnecting; re-checking local streams");
-            catch_up(pool, hub).await?;
+            catch_up(pool, hub, authz).await?;
             continue;
         };
+        if notification.channel() == CHANNEL_RBAC_CHANGED {
+            reload_policy(pool, authz).await;
+            continue;
+        }
         let Ok(node_id) = Uuid::parse_str(notification.payload()) else {
             continue;
         };
@@ -174,8 +184,19 @@ async fn listen_once(
     }
 }
 
-/// Closes local streams of nodes revoked meanwhile and wakes the rest to look for commands.
-async fn catch_up(pool: &PgPool, hub: &Hub) -> Result<(), sqlx::Error> {
+async fn reload_policy(pool: &PgPool, authz: &Authz) {
+    match authz.reload(pool).await {
+        Ok(()) => tracing::info!("authorization policy reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "could not reload the authorization policy; keeping the previous one")
+        }
+    }
+}
+
+/// Closes local streams of nodes revoked meanwhile, wakes the rest to look for commands, and
+/// re-reads the authorization policy.
+async fn catch_up(pool: &PgPool, hub: &Hub, authz: &Authz) -> Result<(), sqlx::Error> {
+    reload_policy(pool, authz).await;
     let local = hub.node_ids();
     let revoked = sqlx::query_scalar!(
         "select id from nodes where id = any($1) and revoked_at is not null",

@@ -160,8 +160,10 @@ pub async fn setup_code_if_ownerless(
     rng: &mut (dyn RngCore + Send),
 ) -> Result<Option<String>, sqlx::Error> {
     let owner_exists: bool = sqlx::query_scalar!(
-        r#"select exists(select 1 from api_tokens where role = 'owner' and revoked_at is null)
-               or exists(select 1 from devices where role = 'owner' and revoked_at is null) as "exists!""#
+        r#"select exists(select 1 from api_tokens where role = 'owner' and revoked_at is null
+                             and (expires_at is null or expires_at > $1))
+               or exists(select 1 from devices where role = 'owner' and revoked_at is null) as "exists!""#,
+        now
     )
     .fetch_one(pool)
     .await?;
@@ -234,9 +236,9 @@ pub async fn approve(
         device_name,
         scope,
     } = approval;
-    if role == Role::Owner && approver_role != Role::Owner {
+    if role.rank() > approver_role.rank() {
         return Err(PairingError::Forbidden(
-            "only an owner can approve an owner device".into(),
+            "nobody can approve a role above their own".into(),
         ));
     }
     if role == Role::Owner && !scope.is_empty() {
@@ -328,6 +330,16 @@ pub async fn confirm(
     let (Some(_), Some(role)) = (pairing.approved_at, pairing.role.as_deref()) else {
         return Err(PairingError::NotApproved);
     };
+    if pairing.kind == "device" {
+        approver_still_entitled(
+            &mut tx,
+            pairing.approved_by.as_deref(),
+            role,
+            &pairing.scope,
+            now,
+        )
+        .await?;
+    }
     let name = pairing
         .device_name
         .filter(|n| !n.is_empty())
@@ -375,6 +387,52 @@ pub async fn confirm(
     Ok((device_id, tokens))
 }
 
+/// An approval is only as good as its approver at the moment of use: if the approver was
+/// removed, revoked, expired or demoted below the granted role, or its scope changed, since it
+/// approved, the pairing no longer confirms.
+async fn approver_still_entitled(
+    tx: &mut sqlx::PgConnection,
+    approved_by: Option<&str>,
+    granted_role: &str,
+    granted_scope: &str,
+    now: DateTime<Utc>,
+) -> Result<(), PairingError> {
+    let revoked = || {
+        PairingError::Forbidden("the approver of this pairing no longer holds that right".into())
+    };
+    let (kind, id) = approved_by
+        .and_then(|a| a.split_once(':'))
+        .ok_or_else(revoked)?;
+    let id = Uuid::parse_str(id).map_err(|_| revoked())?;
+    let holder = match kind {
+        "api_token" => sqlx::query!(
+            "select role, scope from api_tokens
+                 where id = $1 and revoked_at is null and (expires_at is null or expires_at > $2)",
+            id,
+            now
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| (r.role, r.scope)),
+        "device" => sqlx::query!(
+            "select role, scope from devices where id = $1 and revoked_at is null",
+            id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| (r.role, r.scope)),
+        _ => None,
+    };
+    let (role, scope) = holder.ok_or_else(revoked)?;
+    let (Some(held), Some(granted)) = (Role::parse(&role), Role::parse(granted_role)) else {
+        return Err(revoked());
+    };
+    if held.rank() < granted.rank() || (!scope.is_empty() && scope != granted_scope) {
+        return Err(revoked());
+    }
+    Ok(())
+}
+
 async fn insert_session(
     tx: &mut sqlx::PgConnection,
     device_id: Uuid,
@@ -411,26 +469,18 @@ pub async fn refresh(
     }
     let hash = hash_secret(refresh_token);
     let mut tx = pool.begin().await?;
-    let session = sqlx::query!(
-        "select s.id, s.device_id, s.refresh_hash, s.refresh_expires_at, s.revoked_at, d.revoked_at as device_revoked
-         from device_sessions s join devices d on d.id = s.device_id
-         where s.refresh_hash = $1 or s.previous_refresh_hash = $1
-         for update of s",
+    let spent = sqlx::query!(
+        "select t.session_id, s.device_id from spent_refresh_tokens t
+         join device_sessions s on s.id = t.session_id where t.token_hash = $1",
         hash
     )
     .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(PairingError::InvalidRefresh)?;
-    if session.revoked_at.is_some()
-        || session.device_revoked.is_some()
-        || session.refresh_expires_at <= now
-    {
-        return Err(PairingError::InvalidRefresh);
-    }
-    if session.refresh_hash != hash {
+    .await?;
+    if let Some(spent) = spent {
+        // A token this session already spent: one of its two holders is not the device.
         sqlx::query!(
-            "update device_sessions set revoked_at = $2 where id = $1",
-            session.id,
+            "update device_sessions set revoked_at = coalesce(revoked_at, $2) where id = $1",
+            spent.session_id,
             now
         )
         .execute(&mut *tx)
@@ -444,22 +494,43 @@ pub async fn refresh(
                 },
                 action: "session.refresh_reuse",
                 target_kind: "device",
-                target_id: session.device_id.to_string(),
-                reason: Some(
-                    "a replaced refresh token was presented again; the session was revoked",
-                ),
+                target_id: spent.device_id.to_string(),
+                reason: Some("a spent refresh token was presented again; the session was revoked"),
                 outcome: Outcome::Denied,
-                detail: json!({ "session_id": session.id }),
+                detail: json!({ "session_id": spent.session_id }),
             },
         )
         .await?;
         tx.commit().await?;
         return Err(PairingError::InvalidRefresh);
     }
+    let session = sqlx::query!(
+        "select s.id, s.refresh_expires_at, s.revoked_at, d.revoked_at as device_revoked
+         from device_sessions s join devices d on d.id = s.device_id
+         where s.refresh_hash = $1
+         for update of s",
+        hash
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(PairingError::InvalidRefresh)?;
+    if session.revoked_at.is_some()
+        || session.device_revoked.is_some()
+        || session.refresh_expires_at <= now
+    {
+        return Err(PairingError::InvalidRefresh);
+    }
+    sqlx::query!(
+        "insert into spent_refresh_tokens (token_hash, session_id, spent_at) values ($1, $2, $3)",
+        hash,
+        session.id,
+        now
+    )
+    .execute(&mut *tx)
+    .await?;
     let tokens = new_tokens(rng);
     sqlx::query!(
-        "update device_sessions set access_hash = $2, access_expires_at = $3, previous_refresh_hash = refresh_hash,
-                refresh_hash = $4
+        "update device_sessions set access_hash = $2, access_expires_at = $3, refresh_hash = $4
          where id = $1",
         session.id,
         hash_secret(&tokens.access),

@@ -40,7 +40,8 @@ impl RateLimiter {
     /// Takes one token for `key`, or says how long until one is available.
     pub fn check(&self, key: &str, now: DateTime<Utc>) -> Result<(), Duration> {
         let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
+            // Fail closed: a broken limiter must not become no limit.
+            return Err(Duration::from_secs(60));
         };
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
             let (capacity, per_second) = (self.capacity, self.per_second);
@@ -71,30 +72,48 @@ fn refill(bucket: &Bucket, now: DateTime<Utc>, capacity: f64, per_second: f64) -
 }
 
 /// The client's address: the TCP peer, unless the peer is a trusted proxy, in which case the
-/// right-most address in `X-Forwarded-For` that is not itself a trusted proxy. A client that is
-/// not a trusted proxy cannot choose its address by sending the header.
-pub fn client_address(
-    peer: IpAddr,
-    forwarded_for: Option<&str>,
-    trusted_proxies: &[IpAddr],
-) -> IpAddr {
-    if !trusted_proxies.contains(&peer) {
+/// right-most address in `X-Forwarded-For` (all header lines, in order) that is not itself a
+/// trusted proxy. A client that is not a trusted proxy cannot choose its address by sending the
+/// header. IPv4-mapped IPv6 addresses are treated as IPv4; hops may carry a port.
+pub fn client_address(peer: IpAddr, forwarded_for: &[&str], trusted_proxies: &[IpAddr]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted_proxies.contains(&peer) || forwarded_for.is_empty() {
         return peer;
     }
-    let Some(header) = forwarded_for else {
-        return peer;
-    };
-    let mut hops = header.split(',').map(str::trim).rev();
+    let hops: Vec<&str> = forwarded_for
+        .iter()
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .collect();
     let mut last = peer;
-    for hop in hops.by_ref() {
-        match hop.parse::<IpAddr>() {
-            Ok(ip) if trusted_proxies.contains(&ip) => last = ip,
-            Ok(ip) => return ip,
+    for hop in hops.into_iter().rev() {
+        match parse_hop(hop) {
+            Some(ip) if trusted_proxies.contains(&ip) => last = ip,
+            Some(ip) => return ip,
             // A malformed hop: stop trusting the chain at the last good address.
-            Err(_) => return last,
+            None => return last,
         }
     }
     last
+}
+
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// The key a client is limited under: its IPv4 address, or its IPv6 /64 (one host usually holds
+/// a whole /64, so a per-/128 key would give it unlimited budgets).
+pub fn limit_key(client: IpAddr) -> String {
+    match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
 }
 
 #[cfg(test)]
@@ -125,20 +144,33 @@ mod tests {
     fn forwarded_for_is_trusted_only_from_trusted_proxies() {
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         let client: IpAddr = "203.0.113.7".parse().unwrap();
-        let spoofed = Some("198.51.100.1, 203.0.113.7");
         // Not a trusted peer: the header is ignored.
-        assert_eq!(client_address(client, Some("1.2.3.4"), &[proxy]), client);
+        assert_eq!(client_address(client, &["1.2.3.4"], &[proxy]), client);
         // Trusted proxy: the right-most untrusted hop is the client (the left part is client-supplied).
-        assert_eq!(client_address(proxy, spoofed, &[proxy]), client);
-        // Chained trusted proxies are skipped.
-        let inner: IpAddr = "10.0.0.2".parse().unwrap();
         assert_eq!(
-            client_address(proxy, Some("203.0.113.7, 10.0.0.2"), &[proxy, inner]),
+            client_address(proxy, &["198.51.100.1, 203.0.113.7"], &[proxy]),
             client
         );
+        // A proxy that adds its own header line after the client's: the last line wins.
+        assert_eq!(
+            client_address(proxy, &["198.51.100.1", "203.0.113.7"], &[proxy]),
+            client
+        );
+        // Chained trusted proxies are skipped; ports and IPv4-mapped peers are understood.
+        let inner: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            client_address(proxy, &["203.0.113.7:5555, 10.0.0.2"], &[proxy, inner]),
+            client
+        );
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_address(mapped, &["203.0.113.7"], &[proxy]), client);
         // No header, or garbage: the proxy itself.
-        assert_eq!(client_address(proxy, None, &[proxy]), proxy);
-        assert_eq!(client_address(proxy, Some("not-an-ip"), &[proxy]), proxy);
+        assert_eq!(client_address(proxy, &[], &[proxy]), proxy);
+        assert_eq!(client_address(proxy, &["not-an-ip"], &[proxy]), proxy);
+        // IPv6 clients are limited per /64.
+        let key = |s: &str| limit_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::5"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::5"), key("2001:db8:1:3::5"));
     }
 }
 
@@ -173,7 +205,7 @@ impl Lockout {
     /// `Err(retry_after)` while the client is locked out.
     pub fn check(&self, client: &str, now: DateTime<Utc>) -> Result<(), Duration> {
         let Ok(clients) = self.clients.lock() else {
-            return Ok(());
+            return Err(Duration::from_secs(60));
         };
         match clients.get(client).and_then(|f| f.locked_until) {
             Some(until) if until > now => {

@@ -10,6 +10,9 @@ use sqlx::PgPool;
 
 use crate::auth::{Action, Role};
 
+/// Postgres channel a trigger on `rbac_rules` notifies on every change.
+pub const CHANNEL_RBAC_CHANGED: &str = "moltops_rbac_changed";
+
 const MODEL: &str = r#"
 [request_definition]
 r = role, obj, act
@@ -30,6 +33,8 @@ pub enum RbacError {
     Casbin(#[from] casbin::Error),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("the policy lock is poisoned")]
+    Poisoned,
 }
 
 /// The (object, action) a REST action needs.
@@ -79,9 +84,8 @@ impl Authz {
     /// Re-reads the rules (after they change).
     pub async fn reload(&self, pool: &PgPool) -> Result<(), RbacError> {
         let fresh = Self::enforcer(pool).await?;
-        if let Ok(mut current) = self.enforcer.write() {
-            *current = fresh;
-        }
+        let mut current = self.enforcer.write().map_err(|_| RbacError::Poisoned)?;
+        *current = fresh;
         Ok(())
     }
 

@@ -154,6 +154,7 @@ pub async fn run(
     let listener_task = tokio::spawn(crate::hub::listen(
         state.pool.clone(),
         state.hub.clone(),
+        state.authz.clone(),
         shutdown.clone(),
     ));
     let grpc_task = tokio::spawn(crate::grpc::serve(

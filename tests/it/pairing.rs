@@ -54,3 +54,23 @@ async fn the_first_boot_setup_code_is_printed_on_the_console_and_makes_an_owner(
     db.drop_database().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_policy_change_in_postgres_reaches_the_running_server_at_once() {
+    let fx = moltops_e2e::Fixture::start(ServerOptions::default()).await;
+    let viewer = moltops_e2e::create_api_token(&fx.db.as_ref().unwrap().url, "viewer");
+    let api = moltops_e2e::Api::new(fx.server(), &viewer);
+    assert_eq!(api.get("/v1/pairings").await.0, 403);
+    let mut db = fx.db.as_ref().unwrap().connect().await;
+    sqlx::query(
+        "insert into rbac_rules (ptype, v0, v1, v2) values ('p', 'viewer', 'pairings', 'approve')",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    wait_for("the new rule to apply", || async {
+        (api.get("/v1/pairings").await.0 == 200).then_some(())
+    })
+    .await;
+    fx.finish().await;
+}

@@ -48,6 +48,11 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateRequest>,
 ) -> ApiResult<(StatusCode, Json<Created>)> {
     principal.authorize(Action::ApiTokensManage)?;
+    if body.role.rank() > principal.role.rank() {
+        return Err(ApiError::forbidden(
+            "nobody can grant a role above their own",
+        ));
+    }
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiError::validation(

@@ -159,13 +159,15 @@ impl FromRequestParts<AppState> for ClientIp {
             .await
             .map_err(|_| ApiError::internal("no connection info on the request"))?;
         let peer = peer.ip();
-        let forwarded = parts
+        let forwarded: Vec<&str> = parts
             .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         Ok(Self(crate::ratelimit::client_address(
             peer,
-            forwarded,
+            &forwarded,
             &state.settings.trusted_proxies,
         )))
     }

@@ -31,7 +31,7 @@ fn check_name(name: &str, field: &str) -> ApiResult<()> {
 /// 429 with `Retry-After` when either the client's or the global budget is spent.
 fn rate_limit(state: &AppState, client: ClientIp) -> ApiResult<()> {
     let now = state.clock.now();
-    let key = client.0.to_string();
+    let key = crate::ratelimit::limit_key(client.0);
     let verdict = state
         .limits
         .lockout
@@ -159,7 +159,10 @@ pub async fn confirm(
     .await;
     match result {
         Ok((_, tokens)) => {
-            state.limits.lockout.record_success(&client.0.to_string());
+            state
+                .limits
+                .lockout
+                .record_success(&crate::ratelimit::limit_key(client.0));
             Ok(Json(AuthTokens::from(tokens)).into_response())
         }
         Err(e) => {
@@ -167,10 +170,15 @@ pub async fn confirm(
                 state
                     .limits
                     .lockout
-                    .record_failure(&client.0.to_string(), now);
+                    .record_failure(&crate::ratelimit::limit_key(client.0), now);
                 record_failure(&state, client, "pairing.confirm", &e.to_string()).await;
             }
-            Err(pairing_error(e))
+            Err(match e {
+                // At confirmation a withdrawn approval is a failed sign-in, not a permission
+                // question about the (anonymous) caller.
+                PairingError::Forbidden(m) => ApiError::unauthorized(m),
+                other => pairing_error(other),
+            })
         }
     }
 }
@@ -302,9 +310,12 @@ pub async fn refresh(
     rate_limit(&state, client)?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     let now = state.clock.now();
-    let key = client.0.to_string();
+    let key = crate::ratelimit::limit_key(client.0);
     let tokens = match pairing::refresh(&state.pool, &body.refresh_token, now, &mut rng).await {
-        Ok(tokens) => tokens,
+        Ok(tokens) => {
+            state.limits.lockout.record_success(&key);
+            tokens
+        }
         Err(e) => {
             if matches!(e, PairingError::InvalidRefresh) {
                 state.limits.lockout.record_failure(&key, now);

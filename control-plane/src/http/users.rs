@@ -25,11 +25,38 @@ pub struct UserList {
     pub items: Vec<User>,
 }
 
+/// Users span the whole fleet, so a scoped principal may not list them.
+fn authorize_read(principal: &Principal) -> ApiResult<()> {
+    principal.authorize(Action::UsersRead)?;
+    if principal.is_scoped() {
+        return Err(ApiError::forbidden(
+            "users are not visible to a scoped principal",
+        ));
+    }
+    Ok(())
+}
+
+/// Nobody changes or removes their own user, and nobody grants above their own role.
+fn authorize_change(principal: &Principal, user_id: Uuid, role: Option<Role>) -> ApiResult<()> {
+    principal.authorize(Action::UsersManage)?;
+    if matches!(principal.actor, crate::auth::Actor::Device { id, .. } if id == user_id) {
+        return Err(ApiError::forbidden(
+            "you cannot change or remove your own user",
+        ));
+    }
+    if role.is_some_and(|r| r.rank() > principal.role.rank()) {
+        return Err(ApiError::forbidden(
+            "nobody can grant a role above their own",
+        ));
+    }
+    Ok(())
+}
+
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
 ) -> ApiResult<Json<UserList>> {
-    principal.authorize(Action::UsersRead)?;
+    authorize_read(&principal)?;
     Ok(Json(UserList {
         items: users::list(&state.pool, state.clock.now()).await?,
     }))
@@ -45,7 +72,7 @@ pub async fn sessions(
     principal: Principal,
     ApiPath(user_id): ApiPath<Uuid>,
 ) -> ApiResult<Json<SessionList>> {
-    principal.authorize(Action::UsersRead)?;
+    authorize_read(&principal)?;
     let items = users::sessions(&state.pool, user_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such user"))?;
@@ -67,7 +94,7 @@ pub async fn change(
     ApiPath(user_id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<ChangeRequest>,
 ) -> ApiResult<StatusCode> {
-    principal.authorize(Action::UsersManage)?;
+    authorize_change(&principal, user_id, Some(body.role))?;
     let scope = super::pairing::effective_scope(&principal, body.scope.as_deref())?;
     users::change_role(
         &state.pool,
@@ -87,7 +114,7 @@ pub async fn remove(
     principal: Principal,
     ApiPath(user_id): ApiPath<Uuid>,
 ) -> ApiResult<StatusCode> {
-    principal.authorize(Action::UsersManage)?;
+    authorize_change(&principal, user_id, None)?;
     users::remove(&state.pool, &principal.actor, user_id, state.clock.now())
         .await
         .map_err(user_error)?;

@@ -24,6 +24,8 @@ enum Needs {
 enum Target {
     Fleet,
     Node,
+    /// Spans the whole fleet: refused to scoped principals whatever their role.
+    Unscoped,
 }
 
 const OTHER: &str = "01890000-0000-7000-8000-0000000000bb";
@@ -97,7 +99,7 @@ fn matrix() -> Vec<Row> {
             Admin,
             Fleet,
         ),
-        row("get", "/v1/users", None, Admin, Fleet),
+        row("get", "/v1/users", None, Admin, Unscoped),
         row(
             "patch",
             "/v1/users/{user_id}",
@@ -106,7 +108,7 @@ fn matrix() -> Vec<Row> {
             Fleet,
         ),
         row("delete", "/v1/users/{user_id}", None, Owner, Fleet),
-        row("get", "/v1/users/{user_id}/sessions", None, Admin, Fleet),
+        row("get", "/v1/users/{user_id}/sessions", None, Admin, Unscoped),
         row("get", "/v1/api-tokens", None, Owner, Fleet),
         row(
             "post",
@@ -139,7 +141,11 @@ fn expected(row: &Row, who: Who, own_node: bool) -> bool {
         (Needs::Admin, Some(r)) => rank(r) >= 2,
         (Needs::Owner, Some(r)) => rank(r) >= 3,
     };
-    role_ok && (row.target == Target::Fleet || !who.scoped || own_node)
+    match row.target {
+        Target::Fleet => role_ok,
+        Target::Node => role_ok && (!who.scoped || own_node),
+        Target::Unscoped => role_ok && !who.scoped,
+    }
 }
 
 #[test]
@@ -240,7 +246,7 @@ async fn the_policy_enforced_on_every_route_matches_the_matrix(pool: PgPool) {
                 // of the caller (the objects there may legitimately not exist).
                 let allowed = match row.target {
                     Target::Node => status.is_success(),
-                    Target::Fleet => {
+                    Target::Fleet | Target::Unscoped => {
                         status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN
                     }
                 };
@@ -290,6 +296,13 @@ async fn a_scoped_admin_lists_only_its_nodes_and_cannot_grant_beyond_its_scope(p
     assert_eq!(none["items"].as_array().unwrap().len(), 0);
     let (_, me) = call(&state, "GET", "/v1/me", Some(&scoped), None).await;
     assert_eq!(me["scope"], "env=staging");
+    assert_eq!(
+        call(&state, "GET", "/v1/users", Some(&scoped), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN,
+        "users span the fleet"
+    );
 
     // Enrollment tokens only into its scope; moving a node out of scope is refused.
     let (status, _) = call(

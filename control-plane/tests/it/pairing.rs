@@ -668,3 +668,215 @@ async fn repeated_failed_sign_ins_lock_the_client_out_with_growing_backoff(pool:
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers["retry-after"], "120");
 }
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn any_spent_refresh_token_presented_again_revokes_the_session(pool: PgPool) {
+    let (state, _) = state(pool.clone()).await;
+    let owner = token(&state, Role::Owner).await;
+    let (_, _, first) = paired_device(&state, &owner, "viewer").await;
+    let refresh = |t: &str| json!({ "refresh_token": t }).to_string();
+    // The thief rotates twice with the stolen token before the device uses it again.
+    let (_, second) = call(
+        &state,
+        "POST",
+        "/v1/auth/refresh",
+        None,
+        Some(&refresh(&first)),
+    )
+    .await;
+    let second = second["refresh_token"].as_str().unwrap().to_owned();
+    let (_, third) = call(
+        &state,
+        "POST",
+        "/v1/auth/refresh",
+        None,
+        Some(&refresh(&second)),
+    )
+    .await;
+    let third_access = third["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            &state,
+            "POST",
+            "/v1/auth/refresh",
+            None,
+            Some(&refresh(&first))
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&state, "GET", "/v1/me", Some(&third_access), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED,
+        "the thief's session died"
+    );
+    assert_eq!(audit_count(&pool, "session.refresh_reuse").await, 1);
+}
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn an_approval_dies_with_its_approver_and_nobody_grants_above_their_role(pool: PgPool) {
+    let (state, _) = state(pool.clone()).await;
+    let owner = token(&state, Role::Owner).await;
+    let (admin_id, admin, _) = paired_device(&state, &owner, "admin").await;
+
+    // The admin approves a device, then is removed before the device confirms.
+    let (code, secret) = start(&state).await;
+    let approve =
+        json!({ "pairing_code": code, "role": "admin", "device_name": "late" }).to_string();
+    assert_eq!(
+        call(
+            &state,
+            "POST",
+            "/v1/pairings/approve",
+            Some(&admin),
+            Some(&approve)
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &state,
+            "DELETE",
+            &format!("/v1/users/{admin_id}"),
+            Some(&owner),
+            None
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, body) = call(
+        &state,
+        "POST",
+        "/pair/confirm",
+        None,
+        Some(&confirm_body(&code, Some(&secret))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["message"].as_str().unwrap().contains("approver"),
+        "{body}"
+    );
+
+    // Even if the policy lets viewers approve, a viewer cannot approve an admin.
+    sqlx::query(
+        "insert into rbac_rules (ptype, v0, v1, v2) values ('p', 'viewer', 'pairings', 'approve')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    state.authz.reload(&pool).await.unwrap();
+    let viewer = token(&state, Role::Viewer).await;
+    let (code, _) = start(&state).await;
+    let escalate = json!({ "pairing_code": code, "role": "admin", "device_name": "x" }).to_string();
+    assert_eq!(
+        call(
+            &state,
+            "POST",
+            "/v1/pairings/approve",
+            Some(&viewer),
+            Some(&escalate)
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+
+    // And even if admins could manage users, a device cannot change itself.
+    sqlx::query(
+        "insert into rbac_rules (ptype, v0, v1, v2) values ('p', 'admin', 'users', 'manage')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    state.authz.reload(&pool).await.unwrap();
+    let (self_id, self_access, _) = paired_device(&state, &owner, "admin").await;
+    let path = format!("/v1/users/{self_id}");
+    assert_eq!(
+        call(
+            &state,
+            "PATCH",
+            &path,
+            Some(&self_access),
+            Some(r#"{"role": "viewer"}"#)
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let (other_id, _, _) = paired_device(&state, &owner, "viewer").await;
+    let other = format!("/v1/users/{other_id}");
+    assert_eq!(
+        call(
+            &state,
+            "PATCH",
+            &other,
+            Some(&self_access),
+            Some(r#"{"role": "owner"}"#)
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            &state,
+            "PATCH",
+            &other,
+            Some(&self_access),
+            Some(r#"{"role": "admin"}"#)
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+}
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn a_client_adding_its_own_forwarded_for_line_behind_a_proxy_gains_no_budget(pool: PgPool) {
+    let (state, _) = state(pool).await;
+    // The trusted proxy (10.9.9.9) appends its own line with the real client after the client's.
+    for i in 0..10 {
+        let spoof = format!("198.51.100.{i}");
+        let headers = [
+            ("x-forwarded-for", spoof.as_str()),
+            ("x-forwarded-for", "203.0.113.77"),
+        ];
+        assert_eq!(
+            (call_from(
+                &state,
+                "10.9.9.9:1",
+                &headers,
+                "POST",
+                "/pair/start",
+                None,
+                None
+            )
+            .await
+            .0)
+                .0,
+            StatusCode::OK
+        );
+    }
+    let headers = [
+        ("x-forwarded-for", "198.51.100.99"),
+        ("x-forwarded-for", "203.0.113.77"),
+    ];
+    let ((status, _), _) = call_from(
+        &state,
+        "10.9.9.9:1",
+        &headers,
+        "POST",
+        "/pair/start",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}
