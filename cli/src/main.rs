@@ -136,6 +136,19 @@ fn config_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".config").join("moltops"))
 }
 
+/// An exclusive lock on `credentials.lock`, held while refreshing and saving.
+fn lock_credentials() -> anyhow::Result<std::fs::File> {
+    let dir = config_dir()?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("credentials.lock"))?;
+    file.lock().context("locking the saved session")?;
+    Ok(file)
+}
+
 fn load_credentials() -> anyhow::Result<Option<Credentials>> {
     let path = config_dir()?.join("credentials.json");
     match std::fs::read_to_string(&path) {
@@ -213,6 +226,18 @@ impl Client {
         };
         if credentials.access_expires_at > now() + chrono::Duration::seconds(30) {
             return Ok(credentials.access_token.clone());
+        }
+        // Two moltopsctl processes refreshing the same session at once would look like a stolen
+        // token to the server; serialise them on a lock file and re-read what the other saved.
+        let lock = lock_credentials()?;
+        if let Some(current) = load_credentials()?
+            && current.server == credentials.server
+            && current.access_expires_at > now() + chrono::Duration::seconds(30)
+        {
+            let access = current.access_token.clone();
+            self.credentials = Some(current);
+            drop(lock);
+            return Ok(access);
         }
         let refreshed = self
             .send(

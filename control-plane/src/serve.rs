@@ -64,8 +64,11 @@ pub struct AppState {
 pub struct Limits {
     /// Per client address.
     pub per_client: crate::ratelimit::RateLimiter,
-    /// All clients together, on this replica.
+    /// All clients together, on this replica: pairing.
     pub global: crate::ratelimit::RateLimiter,
+    /// All clients together, on this replica: session refreshes (every device refreshes every
+    /// 15 minutes, so this budget is larger).
+    pub global_refresh: crate::ratelimit::RateLimiter,
     /// Backoff after repeated failed sign-ins from one client.
     pub lockout: crate::ratelimit::Lockout,
 }
@@ -75,6 +78,7 @@ impl Default for Limits {
         Self {
             per_client: crate::ratelimit::RateLimiter::new(10, Duration::from_secs(60)),
             global: crate::ratelimit::RateLimiter::new(120, Duration::from_secs(60)),
+            global_refresh: crate::ratelimit::RateLimiter::new(1200, Duration::from_secs(60)),
             lockout: crate::ratelimit::Lockout::new(
                 5,
                 chrono::Duration::minutes(15),

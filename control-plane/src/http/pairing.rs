@@ -29,15 +29,27 @@ fn check_name(name: &str, field: &str) -> ApiResult<()> {
 }
 
 /// 429 with `Retry-After` when either the client's or the global budget is spent.
-fn rate_limit(state: &AppState, client: ClientIp) -> ApiResult<()> {
+/// Which global budget a sign-in call draws from: pairing and refresh are kept apart, so a flood
+/// of pairing attempts cannot starve the fleet's session refreshes.
+#[derive(Clone, Copy)]
+enum Budget {
+    Pairing,
+    Refresh,
+}
+
+fn rate_limit(state: &AppState, client: ClientIp, budget: Budget) -> ApiResult<()> {
     let now = state.clock.now();
+    let global = match budget {
+        Budget::Pairing => &state.limits.global,
+        Budget::Refresh => &state.limits.global_refresh,
+    };
     let key = crate::ratelimit::limit_key(client.0);
     let verdict = state
         .limits
         .lockout
         .check(&key, now)
         .and_then(|()| state.limits.per_client.check(&key, now))
-        .and_then(|()| state.limits.global.check("global", now));
+        .and_then(|()| global.check("global", now));
     verdict.map_err(|retry| {
         let mut error = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -88,7 +100,7 @@ pub async fn start(
     client: ClientIp,
     OptionalJson(body): OptionalJson<StartRequest>,
 ) -> ApiResult<Json<StartResponse>> {
-    rate_limit(&state, client)?;
+    rate_limit(&state, client, Budget::Pairing)?;
     let name = body.device_name.unwrap_or_default();
     check_name(&name, "device_name")?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
@@ -141,7 +153,7 @@ pub async fn confirm(
     client: ClientIp,
     ApiJson(body): ApiJson<ConfirmRequest>,
 ) -> ApiResult<Response> {
-    rate_limit(&state, client)?;
+    rate_limit(&state, client, Budget::Pairing)?;
     check_name(&body.device_name, "device_name")?;
     if body.device_name.trim().is_empty() {
         return Err(ApiError::validation("device_name must not be empty"));
@@ -307,7 +319,7 @@ pub async fn refresh(
     client: ClientIp,
     ApiJson(body): ApiJson<RefreshRequest>,
 ) -> ApiResult<Response> {
-    rate_limit(&state, client)?;
+    rate_limit(&state, client, Budget::Refresh)?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     let now = state.clock.now();
     let key = crate::ratelimit::limit_key(client.0);
