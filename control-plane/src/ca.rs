@@ -51,6 +51,8 @@ pub enum CaError {
     CsrInvalid,
     #[error("time out of range")]
     Time,
+    #[error("a certificate could not be read back: {0}")]
+    Malformed(&'static str),
 }
 
 /// A certificate the CA just issued.
@@ -150,7 +152,8 @@ impl CertificateAuthority {
     fn from_parts(certificate_pem: &str, key_pkcs8_der: &[u8]) -> Result<Self, CaError> {
         let key = KeyPair::try_from(key_pkcs8_der)?;
         let issuer = Issuer::from_ca_cert_pem(certificate_pem, key)?;
-        let certificate_der = pem_to_der(certificate_pem).ok_or(CaError::CsrInvalid)?;
+        let certificate_der =
+            pem_to_der(certificate_pem).ok_or(CaError::Malformed("the CA certificate PEM"))?;
         Ok(Self {
             pin: sha256_pin(&certificate_der),
             certificate_pem: certificate_pem.to_owned(),
@@ -241,7 +244,8 @@ impl CertificateAuthority {
         let cert = params.signed_by(public_key, &self.issuer)?;
         // The serial as it appears in the certificate (DER may drop leading zero bytes), so
         // it compares equal to what the TLS layer reads from a presented certificate.
-        let serial_hex = serial_of(cert.der()).ok_or(CaError::Time)?;
+        let serial_hex =
+            serial_of(cert.der()).ok_or(CaError::Malformed("the serial of a new certificate"))?;
         Ok(IssuedCertificate {
             pem: cert.pem(),
             der: cert.der().clone(),

@@ -74,10 +74,6 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    pub fn connected_count(&self) -> usize {
-        self.sessions.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
     /// Wakes the node's session, if this replica holds it, to send queued commands.
     pub fn wake(&self, node_id: Uuid) {
         if let Some(handle) = self.get(node_id) {

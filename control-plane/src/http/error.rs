@@ -70,10 +70,6 @@ impl ApiError {
             format!("internal error (incident {incident})"),
         )
     }
-
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-    }
 }
 
 impl IntoResponse for ApiError {
