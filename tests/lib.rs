@@ -119,6 +119,10 @@ pub struct ServerOptions {
     pub agent_certificate_ttl_seconds: u64,
     /// (certificate chain PEM file, key PEM file) to serve the REST port over HTTPS.
     pub http_tls: Option<(PathBuf, PathBuf)>,
+    /// A config file's text (passed with `--config`), e.g. `[[oidc]]` providers.
+    pub config_toml: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOptions {
@@ -129,6 +133,8 @@ impl Default for ServerOptions {
             heartbeat_seconds: 1,
             agent_certificate_ttl_seconds: 3600,
             http_tls: None,
+            config_toml: None,
+            env: Vec::new(),
         }
     }
 }
@@ -157,6 +163,13 @@ impl Server {
         } else {
             command.arg("serve");
         }
+        if let Some(text) = &options.config_toml {
+            std::fs::create_dir_all(data_dir).unwrap();
+            let path = data_dir.join("moltops.toml");
+            std::fs::write(&path, text).unwrap();
+            command.arg("--config").arg(path);
+        }
+        command.envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut child = command
             .args(["--log-format", "json"])
             .args([
@@ -576,5 +589,151 @@ impl Fixture {
             db.drop_database().await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A real OpenID provider (npm `oidc-provider`, `tests/oidc/idp.mjs`) on loopback. Tests set the
+/// account that signs in next and can make it tamper with the ID tokens it issues.
+pub struct Idp {
+    child: Child,
+    pub issuer: String,
+    client: reqwest::Client,
+}
+
+impl Idp {
+    pub async fn start() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc");
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "the test OpenID provider is not installed: run `npm ci` in {} (scripts/test does)",
+            dir.display()
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("idp.mjs"))
+            .arg(r#"{"port":0,"clients":[]}"#)
+            // The provider exits when this pipe closes, so it never outlives the test.
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting node tests/oidc/idp.mjs");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE))
+            .await
+            .unwrap()
+            .expect("the OpenID provider did not start");
+        let ready: Value = serde_json::from_str(&line).expect("the provider's ready line");
+        Self {
+            child,
+            issuer: ready["issuer"].as_str().unwrap().to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn control(&self, path: &str, body: Value) {
+        let response = self
+            .client
+            .post(format!("{}/__test/{path}", self.issuer))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "IdP control {path}: {}",
+            response.status()
+        );
+    }
+
+    pub async fn register_client(&self, client_id: &str, secret: &str, redirect_uri: &str) {
+        self.control(
+            "clients",
+            serde_json::json!({
+                "client_id": client_id, "client_secret": secret, "redirect_uris": [redirect_uri],
+            }),
+        )
+        .await;
+    }
+
+    /// Who signs in next.
+    pub async fn set_account(&self, sub: &str, email: &str, groups: &[&str]) {
+        self.control(
+            "account",
+            serde_json::json!({ "sub": sub, "email": email, "name": sub, "groups": groups }),
+        )
+        .await;
+    }
+
+    /// `off`, `alg_none`, `other_key`, `wrong_aud`, `expired`, `wrong_nonce`, `wrong_iss`.
+    pub async fn tamper(&self, mode: &str) {
+        self.control("tamper", serde_json::json!({ "mode": mode }))
+            .await;
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A browser stand-in: a cookie jar and manual redirects, so a test can stop at any hop.
+pub struct Browser {
+    pub client: reqwest::Client,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self {
+            client: reqwest::Client::builder()
+                .cookie_store(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Follows redirects from `url` until one points at a URL starting with `stop_at`, which is
+    /// returned unvisited; panics on a non-redirect response first.
+    pub async fn follow_until(&self, url: &str, stop_at: &str) -> String {
+        let mut url = url.to_owned();
+        for _ in 0..20 {
+            if url.starts_with(stop_at) {
+                return url;
+            }
+            let response = self.client.get(&url).send().await.unwrap();
+            let status = response.status();
+            let Some(location) = response.headers().get("location") else {
+                let body = response.text().await.unwrap_or_default();
+                panic!("{url}: {status} without a redirect: {body}");
+            };
+            let location = location.to_str().unwrap().to_owned();
+            url = reqwest::Url::parse(&url)
+                .unwrap()
+                .join(&location)
+                .unwrap()
+                .to_string();
+        }
+        panic!("too many redirects");
+    }
+
+    /// One GET, redirects not followed.
+    pub async fn get(&self, url: &str) -> reqwest::Response {
+        self.client.get(url).send().await.unwrap()
     }
 }

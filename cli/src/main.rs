@@ -39,11 +39,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Pair this CLI as a device: shows a code for an Owner/Admin to approve, then saves a session.
+    /// Sign in: with --sso PROVIDER through your identity provider in a browser; otherwise pair
+    /// this CLI as a device (shows a code for an Owner/Admin to approve). Saves a session.
     Login {
         /// The name to request for this device.
         #[arg(long, default_value = "moltopsctl")]
         name: String,
+        /// Sign in through this configured OpenID provider (see GET /v1/auth/providers).
+        #[arg(long)]
+        sso: Option<String>,
+        /// Only print the sign-in URL; do not try to open a browser.
+        #[arg(long)]
+        no_browser: bool,
         /// How often to ask whether the code was approved.
         #[arg(long, default_value_t = 7000, hide = true)]
         poll_interval_ms: u64,
@@ -368,8 +375,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     use reqwest::Method;
     match cli.command {
         Command::Login {
+            sso: Some(provider),
+            no_browser,
+            poll_interval_ms,
+            ..
+        } => sso_login(&client, &provider, no_browser, poll_interval_ms).await?,
+        Command::Login {
             name,
             poll_interval_ms,
+            ..
         } => {
             let started = client
                 .send(
@@ -594,6 +608,65 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Device-style SSO sign-in: the server gives a URL and a code; the person signs in in a
+/// browser and confirms the code there; this polls until the server hands over tokens.
+async fn sso_login(
+    client: &Client,
+    provider: &str,
+    no_browser: bool,
+    poll_interval_ms: u64,
+) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let started = client
+        .send(
+            Method::POST,
+            &format!("/v1/auth/oidc/{}/cli", urlencode(provider)),
+            None,
+            None,
+        )
+        .await?;
+    let field = |name: &str| {
+        started[name]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("the server's answer has no {name}"))
+    };
+    let (url, code, poll_token) = (
+        field("login_url")?,
+        field("user_code")?,
+        field("poll_token")?,
+    );
+    println!("sign in: {url}");
+    println!("confirm code: {code}");
+    if !no_browser {
+        // The URL is an argument, never a shell string; failing to open a browser is fine.
+        let _ = std::process::Command::new("xdg-open")
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    let interval = Duration::from_millis(poll_interval_ms.min(
+        u64::try_from(started["interval_seconds"].as_i64().unwrap_or(2) * 1000).unwrap_or(2000),
+    ));
+    let body = json!({ "poll_token": poll_token });
+    loop {
+        tokio::time::sleep(interval).await;
+        let answer = client
+            .send(Method::POST, "/v1/auth/cli/poll", None, Some(body.clone()))
+            .await?;
+        if answer["status"] == "pending" {
+            continue;
+        }
+        save_credentials(&credentials_from(&client.server, &answer)?)?;
+        println!(
+            "signed in; session saved in {}",
+            config_dir()?.join("credentials.json").display()
+        );
+        return Ok(());
+    }
 }
 
 fn urlencode(s: &str) -> String {

@@ -9,40 +9,83 @@ use uuid::Uuid;
 
 use crate::http::error::ApiError;
 
-/// Fixed roles until [P2] adds custom roles and label scoping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// A role: one of the three built-in roles, or a custom role an owner defined (its permissions
+/// are casbin rules in `rbac_rules`, a subset of what Admin may do; see [`crate::roles`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Role {
     Owner,
     Admin,
     Viewer,
+    Custom(String),
 }
 
 impl Role {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &str {
         match self {
             Self::Owner => "owner",
             Self::Admin => "admin",
             Self::Viewer => "viewer",
+            Self::Custom(name) => name,
         }
     }
 
-    /// Ordering of the built-in roles: nobody grants a role ranked above their own.
-    pub fn rank(self) -> u8 {
+    /// Ordering for granting: nobody grants a role ranked above their own. A custom role is
+    /// held at Viewer's rank and only owners grant one.
+    pub fn rank(&self) -> u8 {
         match self {
-            Self::Viewer => 1,
+            Self::Viewer | Self::Custom(_) => 1,
             Self::Admin => 2,
             Self::Owner => 3,
         }
     }
 
+    /// The rank a granter needs to grant this role.
+    pub fn grant_rank(&self) -> u8 {
+        match self {
+            Self::Custom(_) => 3,
+            other => other.rank(),
+        }
+    }
+
+    pub fn is_builtin(&self) -> bool {
+        !matches!(self, Self::Custom(_))
+    }
+
+    /// A built-in role's name, or a well-formed custom role name (whether it exists is the
+    /// database's business): 1-32 characters of a-z, 0-9, '-' and '_', starting with a letter.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "owner" => Some(Self::Owner),
             "admin" => Some(Self::Admin),
             "viewer" => Some(Self::Viewer),
+            custom if is_role_name(custom) => Some(Self::Custom(custom.to_owned())),
             _ => None,
         }
+    }
+}
+
+fn is_role_name(s: &str) -> bool {
+    s.len() <= 32
+        && s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl serde::Serialize for Role {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Self::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "role {s:?} is not owner, admin, viewer or a custom role name \
+                 (1-32 characters of a-z, 0-9, '-', '_', starting with a letter)"
+            ))
+        })
     }
 }
 
@@ -64,6 +107,11 @@ pub enum Actor {
         id: Uuid,
         name: String,
     },
+    /// A person signed in through an OpenID provider.
+    SsoUser {
+        id: Uuid,
+        name: String,
+    },
     Agent {
         node_id: Uuid,
     },
@@ -82,6 +130,7 @@ impl Actor {
         match self {
             Self::ApiToken { .. } => "api_token",
             Self::Device { .. } => "device",
+            Self::SsoUser { .. } => "sso_user",
             Self::Agent { .. } => "agent",
             Self::Anonymous { .. } => "anonymous",
             Self::System { .. } => "system",
@@ -90,7 +139,9 @@ impl Actor {
 
     pub fn id(&self) -> String {
         match self {
-            Self::ApiToken { id, .. } | Self::Device { id, .. } => id.to_string(),
+            Self::ApiToken { id, .. } | Self::Device { id, .. } | Self::SsoUser { id, .. } => {
+                id.to_string()
+            }
             Self::Agent { node_id } => node_id.to_string(),
             Self::Anonymous { client } => client.clone(),
             Self::System { what } => (*what).to_owned(),
@@ -124,6 +175,38 @@ pub enum Action {
     UsersRead,
     /// Change a user's role or scope, or remove the user.
     UsersManage,
+    /// List roles and their permissions.
+    RolesRead,
+    /// Define, change and delete custom roles.
+    RolesManage,
+}
+
+impl Action {
+    pub const ALL: &[Action] = &[
+        Self::NodesRead,
+        Self::NodesWrite,
+        Self::NodesRevoke,
+        Self::CommandsRead,
+        Self::CommandsCreate,
+        Self::EnrollmentTokensRead,
+        Self::EnrollmentTokensWrite,
+        Self::CaRead,
+        Self::PairingsApprove,
+        Self::ApiTokensManage,
+        Self::SelfRead,
+        Self::UsersRead,
+        Self::UsersManage,
+        Self::RolesRead,
+        Self::RolesManage,
+    ];
+
+    /// Powers that stay with owners: who holds which role, and credentials that carry roles.
+    pub fn owner_only(self) -> bool {
+        matches!(
+            self,
+            Self::ApiTokensManage | Self::UsersManage | Self::RolesManage
+        )
+    }
 }
 
 /// An authenticated caller of the REST API.
@@ -131,7 +214,7 @@ pub enum Action {
 pub struct Principal {
     pub actor: Actor,
     pub role: Role,
-    /// The device session the request came with, if any (for logout).
+    /// The session the request came with, if any (for logout).
     pub session_id: Option<Uuid>,
     /// The policy this request is judged by.
     pub authz: std::sync::Arc<crate::rbac::Authz>,
@@ -142,7 +225,7 @@ pub struct Principal {
 impl Principal {
     /// The one enforcement point for REST handlers.
     pub fn authorize(&self, action: Action) -> Result<(), ApiError> {
-        if self.authz.allows(self.role, action) {
+        if self.authz.allows(&self.role, action) {
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(
@@ -178,9 +261,16 @@ mod tests {
 
     #[test]
     fn roles_round_trip() {
-        for role in [Role::Owner, Role::Admin, Role::Viewer] {
+        for role in [
+            Role::Owner,
+            Role::Admin,
+            Role::Viewer,
+            Role::Custom("db-operators".into()),
+        ] {
             assert_eq!(Role::parse(role.as_str()), Some(role));
         }
-        assert_eq!(Role::parse("root"), None);
+        for bad in ["", "Root", "9lives", "a b", &"x".repeat(33)] {
+            assert_eq!(Role::parse(bad), None, "{bad:?}");
+        }
     }
 }

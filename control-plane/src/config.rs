@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Reverse proxies whose X-Forwarded-For is believed (comma-separated IPs).
     #[arg(long, env = "MOLTOPS_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    /// The URL browsers reach this control plane at, e.g. https://moltops.example.com.
+    #[arg(long, env = "MOLTOPS_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -77,6 +80,10 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub database_max_connections: Option<u32>,
     pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
+    pub public_url: Option<String>,
+    /// `[[oidc]]` tables: OpenID providers for single sign-on.
+    #[serde(default)]
+    pub oidc: Vec<crate::oidc::ProviderConfig>,
 }
 
 /// Resolved configuration.
@@ -94,6 +101,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub database_max_connections: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The URL browsers reach this control plane at (redirect URIs derive from it); default:
+    /// the bound HTTP address.
+    pub public_url: Option<String>,
+    pub oidc: Vec<crate::oidc::ProviderConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +227,20 @@ impl ServeArgs {
                 "agent_certificate_ttl_seconds must be between 3 and 7776000 (90 days)".into(),
             ));
         }
+        let public_url = self.public_url.clone().or(file.public_url);
+        if let Some(url) = &public_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "public_url {url:?} must start with https:// (or http:// for a loopback test setup)"
+            )));
+        }
+        for provider in &file.oidc {
+            provider.validate().map_err(ConfigError::Invalid)?;
+        }
         Ok(Config {
+            public_url,
+            oidc: file.oidc,
             database_url,
             data_dir: self
                 .data_dir

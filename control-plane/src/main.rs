@@ -57,7 +57,8 @@ enum AdminCommand {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    Role::parse(s).ok_or_else(|| "role must be owner, admin or viewer".to_owned())
+    Role::parse(s)
+        .ok_or_else(|| "role must be owner, admin, viewer or a custom role's name".to_owned())
 }
 
 fn init_tracing(format: LogFormat) {
@@ -128,13 +129,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if role == Role::Owner && !scope.is_empty() {
                         anyhow::bail!("an owner token cannot be scoped");
                     }
+                    let mut conn = pool.acquire().await?;
+                    moltops_server::roles::ensure_exists(&mut conn, &role).await?;
+                    drop(conn);
                     let clock = moltops_server::serve::system_clock();
                     let actor = Actor::System { what: "console" };
                     let created = moltops_server::api_tokens::create(
                         &pool,
                         &actor,
                         &name,
-                        role,
+                        role.clone(),
                         &scope,
                         expires_in_days.map(|d| chrono::Duration::days(i64::from(d))),
                         clock.now(),

@@ -214,7 +214,7 @@ pub async fn list_pending(
 /// Approves a device's code, binding a role and a name. An approver cannot grant more than it
 /// holds: only an Owner grants Owner.
 /// What an approver decides about a device's code.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Approval<'a> {
     pub code: &'a str,
     pub role: Role,
@@ -226,7 +226,7 @@ pub struct Approval<'a> {
 pub async fn approve(
     pool: &PgPool,
     approver: &Actor,
-    approver_role: Role,
+    approver_role: &Role,
     approval: Approval<'_>,
     now: DateTime<Utc>,
 ) -> Result<Uuid, PairingError> {
@@ -236,7 +236,7 @@ pub async fn approve(
         device_name,
         scope,
     } = approval;
-    if role.rank() > approver_role.rank() {
+    if role.grant_rank() > approver_role.rank() {
         return Err(PairingError::Forbidden(
             "nobody can approve a role above their own".into(),
         ));
@@ -427,10 +427,17 @@ async fn approver_still_entitled(
     let (Some(held), Some(granted)) = (Role::parse(&role), Role::parse(granted_role)) else {
         return Err(revoked());
     };
-    if held.rank() < granted.rank() || (!scope.is_empty() && scope != granted_scope) {
+    if held.rank() < granted.grant_rank() || (!scope.is_empty() && scope != granted_scope) {
         return Err(revoked());
     }
     Ok(())
+}
+
+/// Whose session it is.
+#[derive(Debug, Clone, Copy)]
+pub enum SessionOwner {
+    Device(Uuid),
+    SsoUser(Uuid),
 }
 
 async fn insert_session(
@@ -439,21 +446,103 @@ async fn insert_session(
     tokens: &Tokens,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    insert_owned_session(tx, SessionOwner::Device(device_id), tokens, None, now)
+        .await
+        .map(|_| ())
+}
+
+/// Inserts a session; a web session also stores its CSRF token's hash, and its access token
+/// (the cookie) lives as long as the refresh token.
+async fn insert_owned_session(
+    tx: &mut sqlx::PgConnection,
+    owner: SessionOwner,
+    tokens: &Tokens,
+    csrf: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Uuid, sqlx::Error> {
+    let (device_id, sso_user_id) = match owner {
+        SessionOwner::Device(id) => (Some(id), None),
+        SessionOwner::SsoUser(id) => (None, Some(id)),
+    };
+    let id = Uuid::now_v7();
     sqlx::query!(
-        "insert into device_sessions (id, device_id, access_hash, access_expires_at, refresh_hash,
-                                      refresh_expires_at, created_at)
-         values ($1, $2, $3, $4, $5, $6, $7)",
-        Uuid::now_v7(),
+        "insert into device_sessions (id, device_id, sso_user_id, access_hash, access_expires_at,
+                                      refresh_hash, refresh_expires_at, created_at, csrf_hash)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        id,
         device_id,
+        sso_user_id,
         hash_secret(&tokens.access),
-        now + ACCESS_TTL,
+        now + tokens.access_expires_in,
         hash_secret(&tokens.refresh),
-        now + REFRESH_TTL,
-        now
+        now + if csrf.is_some() {
+            WEB_SESSION_TTL
+        } else {
+            REFRESH_TTL
+        },
+        now,
+        csrf.map(hash_secret)
     )
     .execute(tx)
     .await?;
-    Ok(())
+    Ok(id)
+}
+
+/// How long a browser session (cookie) lasts; it is not refreshed.
+pub const WEB_SESSION_TTL: Duration = Duration::hours(12);
+
+/// A browser session: the cookie value and the CSRF token the page echoes in `X-CSRF-Token`.
+pub struct WebSession {
+    pub cookie: Zeroizing<String>,
+    pub csrf: Zeroizing<String>,
+    pub expires_in: Duration,
+}
+
+/// Starts a session for a signed-in SSO user: a web session (cookie + CSRF token) or, for the
+/// CLI, access and refresh tokens. Audited in the same transaction.
+pub async fn sso_session(
+    pool: &PgPool,
+    user_id: Uuid,
+    actor: &Actor,
+    web: bool,
+    detail: serde_json::Value,
+    now: DateTime<Utc>,
+    rng: &mut (dyn RngCore + Send),
+) -> Result<(Tokens, Option<WebSession>), sqlx::Error> {
+    let mut tokens = new_tokens(rng);
+    let web_session = web.then(|| WebSession {
+        cookie: tokens.access.clone(),
+        csrf: generate_secret("", 32, rng),
+        expires_in: WEB_SESSION_TTL,
+    });
+    if web {
+        tokens.access_expires_in = WEB_SESSION_TTL;
+    }
+    let mut tx = pool.begin().await?;
+    let session_id = insert_owned_session(
+        &mut tx,
+        SessionOwner::SsoUser(user_id),
+        &tokens,
+        web_session.as_ref().map(|w| w.csrf.as_str()),
+        now,
+    )
+    .await?;
+    audit::record(
+        &mut tx,
+        now,
+        AuditEvent {
+            actor,
+            action: "session.login",
+            target_kind: "session",
+            target_id: session_id.to_string(),
+            reason: None,
+            outcome: Outcome::Success,
+            detail,
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((tokens, web_session))
 }
 
 /// Rotates a session's tokens. Presenting a refresh token that was already replaced revokes the
@@ -470,7 +559,7 @@ pub async fn refresh(
     let hash = hash_secret(refresh_token);
     let mut tx = pool.begin().await?;
     let spent = sqlx::query!(
-        "select t.session_id, s.device_id from spent_refresh_tokens t
+        "select t.session_id, coalesce(s.device_id, s.sso_user_id) as \"owner!\" from spent_refresh_tokens t
          join device_sessions s on s.id = t.session_id where t.token_hash = $1",
         hash
     )
@@ -493,8 +582,8 @@ pub async fn refresh(
                     what: "session-guard",
                 },
                 action: "session.refresh_reuse",
-                target_kind: "device",
-                target_id: spent.device_id.to_string(),
+                target_kind: "user",
+                target_id: spent.owner.to_string(),
                 reason: Some("a spent refresh token was presented again; the session was revoked"),
                 outcome: Outcome::Denied,
                 detail: json!({ "session_id": spent.session_id }),
@@ -505,17 +594,22 @@ pub async fn refresh(
         return Err(PairingError::InvalidRefresh);
     }
     let session = sqlx::query!(
-        "select s.id, s.refresh_expires_at, s.revoked_at, d.revoked_at as device_revoked
-         from device_sessions s join devices d on d.id = s.device_id
-         where s.refresh_hash = $1
-         for update of s",
+        r#"select s.id, s.refresh_expires_at, s.revoked_at, s.csrf_hash is not null as "web!",
+                  (d.revoked_at is not null or u.disabled_at is not null) as "owner_gone!"
+           from device_sessions s
+           left join devices d on d.id = s.device_id
+           left join sso_users u on u.id = s.sso_user_id
+           where s.refresh_hash = $1
+           for update of s"#,
         hash
     )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(PairingError::InvalidRefresh)?;
+    // A web session is not refreshed: its cookie is its only credential.
     if session.revoked_at.is_some()
-        || session.device_revoked.is_some()
+        || session.owner_gone
+        || session.web
         || session.refresh_expires_at <= now
     {
         return Err(PairingError::InvalidRefresh);
@@ -575,7 +669,7 @@ pub async fn logout(
     tx.commit().await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -53,6 +53,8 @@ pub fn permission(action: Action) -> (&'static str, &'static str) {
         Action::SelfRead => ("self", "read"),
         Action::UsersRead => ("users", "read"),
         Action::UsersManage => ("users", "manage"),
+        Action::RolesRead => ("roles", "read"),
+        Action::RolesManage => ("roles", "manage"),
     }
 }
 
@@ -90,7 +92,7 @@ impl Authz {
     }
 
     /// Whether `role` may perform `action`. Fails closed: any policy error denies.
-    pub fn allows(&self, role: Role, action: Action) -> bool {
+    pub fn allows(&self, role: &Role, action: Action) -> bool {
         let (object, act) = permission(action);
         let Ok(enforcer) = self.enforcer.read() else {
             return false;

@@ -57,6 +57,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub limits: Arc<Limits>,
     pub authz: Arc<crate::rbac::Authz>,
+    /// Configured OpenID providers.
+    pub sso: Arc<crate::oidc::Sso>,
 }
 
 /// Rate limits of the unauthenticated sign-in surface (`/pair/*`, `/v1/auth/refresh`).
@@ -141,6 +143,10 @@ pub async fn prepare(
         authz: crate::rbac::Authz::load(&pool)
             .await
             .context("loading the authorization policy")?,
+        sso: Arc::new(
+            crate::oidc::Sso::new(config.oidc.clone(), config.public_url.clone())
+                .map_err(anyhow::Error::msg)?,
+        ),
         pool,
     })
 }
@@ -155,6 +161,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
+    // Without a configured public URL, redirect URIs use the address we are bound to.
+    state.sso.default_public_url(format!(
+        "{}://{http_addr}",
+        if config.http_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    ));
     let listener_task = tokio::spawn(crate::hub::listen(
         state.pool.clone(),
         state.hub.clone(),

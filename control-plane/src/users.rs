@@ -1,6 +1,8 @@
-//! Users: today the paired devices (SSO users join them with [P2]'s OIDC). Owners change roles
-//! and scopes or remove a user; the change applies from the very next request, because every
-//! request re-reads the principal, and removal revokes every session at once.
+//! Users: paired devices and SSO users. Owners change a device's role and scope or remove any
+//! user; the change applies from the very next request, because every request re-reads the
+//! principal, and removal revokes every session at once. An SSO user's role comes from the
+//! provider's group mapping at each sign-in, so it is not edited here; removing an SSO user
+//! disables it (later sign-ins are refused).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -22,6 +24,11 @@ pub struct User {
     pub approved_by: String,
     pub revoked_at: Option<DateTime<Utc>>,
     pub active_sessions: i64,
+    /// SSO users: the provider they sign in with, and their email.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +50,7 @@ pub async fn list(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<User>, sqlx::
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows
+    let mut users: Vec<User> = rows
         .into_iter()
         .map(|r| User {
             id: r.id,
@@ -55,21 +62,54 @@ pub async fn list(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<User>, sqlx::
             approved_by: r.approved_by,
             revoked_at: r.revoked_at,
             active_sessions: r.active,
+            provider: None,
+            email: None,
         })
-        .collect())
+        .collect();
+    let sso = sqlx::query!(
+        r#"select u.id, u.provider, u.email, u.name, u.role, u.scope, u.created_at, u.disabled_at,
+                  (select count(*) from device_sessions s
+                   where s.sso_user_id = u.id and s.revoked_at is null and s.refresh_expires_at > $1) as "active!"
+           from sso_users u order by u.id"#,
+        now
+    )
+    .fetch_all(pool)
+    .await?;
+    users.extend(sso.into_iter().map(|r| User {
+        id: r.id,
+        kind: "sso",
+        name: if r.name.is_empty() {
+            r.email.clone()
+        } else {
+            r.name
+        },
+        role: r.role,
+        scope: r.scope,
+        created_at: r.created_at,
+        approved_by: format!("oidc:{}", r.provider),
+        revoked_at: r.disabled_at,
+        active_sessions: r.active,
+        provider: Some(r.provider),
+        email: Some(r.email),
+    }));
+    users.sort_by_key(|u| u.id);
+    Ok(users)
 }
 
 pub async fn sessions(pool: &PgPool, user_id: Uuid) -> Result<Option<Vec<Session>>, sqlx::Error> {
-    let exists = sqlx::query_scalar!("select id from devices where id = $1", user_id)
-        .fetch_optional(pool)
-        .await?;
+    let exists = sqlx::query_scalar!(
+        r#"select id as "id!" from devices where id = $1 union all select id from sso_users where id = $1"#,
+        user_id
+    )
+    .fetch_optional(pool)
+    .await?;
     if exists.is_none() {
         return Ok(None);
     }
     let sessions = sqlx::query_as!(
         Session,
         "select id, created_at, access_expires_at, refresh_expires_at, revoked_at
-         from device_sessions where device_id = $1 order by id",
+         from device_sessions where device_id = $1 or sso_user_id = $1 order by id",
         user_id
     )
     .fetch_all(pool)
@@ -83,6 +123,10 @@ pub enum UserError {
     NotFound,
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "an SSO user's role comes from the identity provider's group mapping; change the mapping"
+    )]
+    RoleFromProvider,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -100,6 +144,12 @@ pub async fn change_role(
         return Err(UserError::Invalid("an owner is never scoped".into()));
     }
     let mut tx = pool.begin().await?;
+    let sso = sqlx::query_scalar!("select id from sso_users where id = $1", user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if sso.is_some() {
+        return Err(UserError::RoleFromProvider);
+    }
     let before = sqlx::query!(
         "select role, scope from devices where id = $1 and revoked_at is null for update",
         user_id
@@ -144,23 +194,44 @@ pub async fn remove(
     now: DateTime<Utc>,
 ) -> Result<(), UserError> {
     let mut tx = pool.begin().await?;
-    let found = sqlx::query!(
+    let device = sqlx::query_scalar!(
         "select revoked_at from devices where id = $1 for update",
         user_id
     )
     .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(UserError::NotFound)?;
-    if found.revoked_at.is_none() {
-        sqlx::query!(
-            "update devices set revoked_at = $2 where id = $1",
-            user_id,
-            now
-        )
-        .execute(&mut *tx)
-        .await?;
+    .await?;
+    let sso = sqlx::query_scalar!(
+        "select disabled_at from sso_users where id = $1 for update",
+        user_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (already_gone, kind) = match (device, sso) {
+        (Some(revoked), _) => (revoked.is_some(), "device"),
+        (None, Some(disabled)) => (disabled.is_some(), "sso"),
+        (None, None) => return Err(UserError::NotFound),
+    };
+    if !already_gone {
+        if kind == "device" {
+            sqlx::query!(
+                "update devices set revoked_at = $2 where id = $1",
+                user_id,
+                now
+            )
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query!(
+                "update sso_users set disabled_at = $2 where id = $1",
+                user_id,
+                now
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         let ended = sqlx::query!(
-            "update device_sessions set revoked_at = $2 where device_id = $1 and revoked_at is null",
+            "update device_sessions set revoked_at = $2
+             where (device_id = $1 or sso_user_id = $1) and revoked_at is null",
             user_id,
             now
         )
@@ -177,7 +248,7 @@ pub async fn remove(
                 target_id: user_id.to_string(),
                 reason: None,
                 outcome: Outcome::Success,
-                detail: json!({ "sessions_ended": ended }),
+                detail: json!({ "sessions_ended": ended, "kind": kind }),
             },
         )
         .await?;

@@ -11,6 +11,7 @@ mod lifecycle;
 mod mtls;
 mod pairing;
 mod replicas;
+mod sso;
 mod stream_rules;
 
 use std::sync::Arc;

@@ -71,13 +71,14 @@ pub async fn create(
     if body.role == Role::Owner && !scope.is_empty() {
         return Err(ApiError::validation("an owner token cannot be scoped"));
     }
+    super::roles::ensure_exists(&state, &body.role).await?;
     let now = state.clock.now();
     let expires_in = body.expires_in_days.map(|d| Duration::days(i64::from(d)));
     let created = api_tokens::create(
         &state.pool,
         &principal.actor,
         name,
-        body.role,
+        body.role.clone(),
         &scope,
         expires_in,
         now,
@@ -88,7 +89,7 @@ pub async fn create(
         Json(Created {
             id: created.id,
             name: name.to_owned(),
-            role: body.role,
+            role: body.role.clone(),
             scope,
             expires_at: expires_in.map(|d| now + d),
             token: created.secret.to_string(),

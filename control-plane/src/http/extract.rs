@@ -88,10 +88,24 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+        // A bearer token wins; the web-session cookie is used only without one.
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            let cookie = request_cookie(&parts.headers, SESSION_COOKIE)
+                .filter(|c| c.starts_with(crate::pairing::ACCESS_PREFIX))
+                .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer token"))?;
+            let csrf = if parts.method.is_safe() {
+                CsrfCheck::NotNeeded
+            } else {
+                CsrfCheck::Header(
+                    parts
+                        .headers
+                        .get(CSRF_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                )
+            };
+            return authenticate_device_session(state, &cookie, csrf).await;
+        };
         let value = header
             .to_str()
             .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
@@ -101,11 +115,36 @@ impl FromRequestParts<AppState> for Principal {
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("expected Authorization: Bearer <token>"))?;
         if token.starts_with(crate::pairing::ACCESS_PREFIX) {
-            authenticate_device_session(state, token).await
+            authenticate_device_session(state, token, CsrfCheck::NotNeeded).await
         } else {
             authenticate_api_token(state, token).await
         }
     }
+}
+
+/// The web session cookie (HttpOnly, SameSite=Strict; Secure when the public URL is HTTPS).
+pub const SESSION_COOKIE: &str = "moltops_session";
+/// The CSRF token cookie, readable by the page, echoed in [`CSRF_HEADER`] on every write.
+pub const CSRF_COOKIE: &str = "moltops_csrf";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// One cookie's value from the request's `Cookie` headers.
+pub fn request_cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+/// Whether a cookie-authenticated request must prove it came from our page.
+enum CsrfCheck {
+    NotNeeded,
+    /// An unsafe method: the `X-CSRF-Token` header, if sent.
+    Header(Option<String>),
 }
 
 /// A stored scope that no longer parses denies everything rather than granting the fleet.
@@ -114,30 +153,80 @@ fn parse_scope(scope: &str) -> Result<crate::fleet::Selector, ApiError> {
         .map_err(|e| ApiError::internal(format!("stored scope is invalid: {e}")))
 }
 
-async fn authenticate_device_session(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+async fn authenticate_device_session(
+    state: &AppState,
+    token: &str,
+    csrf: CsrfCheck,
+) -> Result<Principal, ApiError> {
     let now = state.clock.now();
     let row = sqlx::query!(
-        "select s.id as session_id, d.id as device_id, d.name, d.role, d.scope
-         from device_sessions s join devices d on d.id = s.device_id
-         where s.access_hash = $1 and s.revoked_at is null and s.access_expires_at > $2
-               and d.revoked_at is null",
+        r#"select s.id as session_id, s.csrf_hash,
+                  d.id as "device_id?", d.name as "device_name?", d.role as "device_role?",
+                  d.scope as "device_scope?",
+                  u.id as "user_id?", u.email as "user_email?", u.name as "user_name?",
+                  u.role as "user_role?", u.scope as "user_scope?"
+           from device_sessions s
+           left join devices d on d.id = s.device_id and d.revoked_at is null
+           left join sso_users u on u.id = s.sso_user_id and u.disabled_at is null
+           where s.access_hash = $1 and s.revoked_at is null and s.access_expires_at > $2
+                 and (d.id is not null or u.id is not null)"#,
         hash_secret(token),
         now
     )
     .fetch_optional(&state.pool)
     .await?
     .ok_or_else(|| ApiError::unauthorized("invalid, expired or revoked token"))?;
-    let role =
-        Role::parse(&row.role).ok_or_else(|| ApiError::internal("unknown role in devices"))?;
+    if let CsrfCheck::Header(sent) = csrf {
+        let valid = match (&row.csrf_hash, sent) {
+            (Some(expected), Some(sent)) => {
+                crate::pairing::constant_time_eq(expected, &hash_secret(&sent))
+            }
+            _ => false,
+        };
+        if !valid {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "csrf_failed",
+                "a write with the session cookie needs the X-CSRF-Token header from the moltops_csrf cookie",
+            ));
+        }
+    }
+    let (actor, role, scope) = match (row.device_id, row.user_id) {
+        (Some(id), _) => (
+            Actor::Device {
+                id,
+                name: row.device_name.unwrap_or_default(),
+            },
+            row.device_role,
+            row.device_scope,
+        ),
+        (None, Some(id)) => {
+            let email = row.user_email.unwrap_or_default();
+            (
+                Actor::SsoUser {
+                    id,
+                    name: if email.is_empty() {
+                        row.user_name.unwrap_or_default()
+                    } else {
+                        email
+                    },
+                },
+                row.user_role,
+                row.user_scope,
+            )
+        }
+        (None, None) => return Err(ApiError::unauthorized("invalid, expired or revoked token")),
+    };
+    let role = role
+        .as_deref()
+        .and_then(Role::parse)
+        .ok_or_else(|| ApiError::internal("unknown role on a session's owner"))?;
     Ok(Principal {
-        actor: Actor::Device {
-            id: row.device_id,
-            name: row.name,
-        },
+        actor,
         role,
         session_id: Some(row.session_id),
         authz: state.authz.clone(),
-        scope: parse_scope(&row.scope)?,
+        scope: parse_scope(scope.as_deref().unwrap_or_default())?,
     })
 }
 

@@ -7,13 +7,15 @@ pub mod error;
 pub mod extract;
 mod nodes;
 mod pairing;
+mod roles;
+mod sso;
 mod system;
 mod users;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode};
-use axum::routing::{MethodRouter, delete, get, patch, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
@@ -59,6 +61,24 @@ fn table() -> RouteTable {
     .add(Method::POST, "/v1/auth/refresh", post(pairing::refresh))
     .add(Method::POST, "/v1/auth/logout", post(pairing::logout))
     .add(Method::GET, "/v1/me", get(pairing::me))
+    .add(Method::GET, "/v1/auth/providers", get(sso::providers))
+    .add(
+        Method::GET,
+        "/v1/auth/oidc/{provider}/login",
+        get(sso::login),
+    )
+    .add(
+        Method::GET,
+        "/v1/auth/oidc/{provider}/callback",
+        get(sso::callback),
+    )
+    .add(
+        Method::POST,
+        "/v1/auth/oidc/{provider}/cli",
+        post(sso::cli_start),
+    )
+    .add(Method::POST, "/v1/auth/cli/approve", post(sso::cli_approve))
+    .add(Method::POST, "/v1/auth/cli/poll", post(sso::cli_poll))
     .add(Method::GET, "/v1/users", get(users::list))
     .add(Method::PATCH, "/v1/users/{user_id}", patch(users::change))
     .add(Method::DELETE, "/v1/users/{user_id}", delete(users::remove))
@@ -67,6 +87,9 @@ fn table() -> RouteTable {
         "/v1/users/{user_id}/sessions",
         get(users::sessions),
     )
+    .add(Method::GET, "/v1/roles", get(roles::list))
+    .add(Method::PUT, "/v1/roles/{role}", put(roles::put))
+    .add(Method::DELETE, "/v1/roles/{role}", delete(roles::remove))
     .add(Method::GET, "/v1/api-tokens", get(api_tokens::list))
     .add(Method::POST, "/v1/api-tokens", post(api_tokens::create))
     .add(

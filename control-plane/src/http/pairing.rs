@@ -32,24 +32,35 @@ fn check_name(name: &str, field: &str) -> ApiResult<()> {
 /// Which global budget a sign-in call draws from: pairing and refresh are kept apart, so a flood
 /// of pairing attempts cannot starve the fleet's session refreshes.
 #[derive(Clone, Copy)]
-enum Budget {
+pub(super) enum Budget {
     Pairing,
     Refresh,
+    /// Single sign-on (login, callback, the CLI's start, confirmation and 2-second polls). Every
+    /// secret on this path is 256 bits and the provider guards its own sign-in, so there is no
+    /// per-client budget or lockout (which would shut out a whole office behind one NAT); the
+    /// global budget bounds the rows an anonymous flood can create.
+    Sso,
 }
 
-fn rate_limit(state: &AppState, client: ClientIp, budget: Budget) -> ApiResult<()> {
+pub(super) fn rate_limit(state: &AppState, client: ClientIp, budget: Budget) -> ApiResult<()> {
     let now = state.clock.now();
     let global = match budget {
         Budget::Pairing => &state.limits.global,
-        Budget::Refresh => &state.limits.global_refresh,
+        Budget::Refresh | Budget::Sso => &state.limits.global_refresh,
     };
     let key = crate::ratelimit::limit_key(client.0);
-    let verdict = state
-        .limits
-        .lockout
-        .check(&key, now)
-        .and_then(|()| state.limits.per_client.check(&key, now))
-        .and_then(|()| global.check("global", now));
+    let per_client = || {
+        state
+            .limits
+            .lockout
+            .check(&key, now)
+            .and_then(|()| state.limits.per_client.check(&key, now))
+    };
+    let verdict = match budget {
+        Budget::Sso => Ok(()),
+        Budget::Pairing | Budget::Refresh => per_client(),
+    }
+    .and_then(|()| global.check("global", now));
     verdict.map_err(|retry| {
         let mut error = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -196,7 +207,12 @@ pub async fn confirm(
 }
 
 /// Audits a refused sign-in in its own transaction (nothing else changed).
-async fn record_failure(state: &AppState, client: ClientIp, action: &'static str, why: &str) {
+pub(super) async fn record_failure(
+    state: &AppState,
+    client: ClientIp,
+    action: &'static str,
+    why: &str,
+) {
     let now = state.clock.now();
     let actor = Actor::Anonymous {
         client: client.0.to_string(),
@@ -267,10 +283,11 @@ pub async fn approve(
         return Err(ApiError::validation("device_name must not be empty"));
     }
     let scope = effective_scope(&principal, body.scope.as_deref())?;
+    super::roles::ensure_exists(&state, &body.role).await?;
     let pairing_id = pairing::approve(
         &state.pool,
         &principal.actor,
-        principal.role,
+        &principal.role,
         pairing::Approval {
             code: &body.pairing_code,
             role: body.role,
@@ -339,12 +356,21 @@ pub async fn refresh(
     Ok(Json(AuthTokens::from(tokens)).into_response())
 }
 
-pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<StatusCode> {
+pub async fn logout(State(state): State<AppState>, principal: Principal) -> ApiResult<Response> {
     let session_id = principal.session_id.ok_or_else(|| {
-        ApiError::bad_request("only device sessions log out; revoke API tokens at /v1/api-tokens")
+        ApiError::bad_request("only sessions log out; revoke API tokens at /v1/api-tokens")
     })?;
     pairing::logout(&state.pool, &principal.actor, session_id, state.clock.now()).await?;
-    Ok(StatusCode::NO_CONTENT)
+    // A browser also forgets its cookies.
+    let mut headers = axum::http::HeaderMap::new();
+    for name in [super::extract::SESSION_COOKIE, super::extract::CSRF_COOKIE] {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&format!(
+            "{name}=; Path=/; Max-Age=0; SameSite=Strict"
+        )) {
+            headers.append(axum::http::header::SET_COOKIE, value);
+        }
+    }
+    Ok((StatusCode::NO_CONTENT, headers).into_response())
 }
 
 #[derive(Debug, Serialize)]
@@ -360,7 +386,9 @@ pub struct Me {
 pub async fn me(principal: Principal) -> ApiResult<Json<Me>> {
     principal.authorize(Action::SelfRead)?;
     let name = match &principal.actor {
-        Actor::ApiToken { name, .. } | Actor::Device { name, .. } => name.clone(),
+        Actor::ApiToken { name, .. } | Actor::Device { name, .. } | Actor::SsoUser { name, .. } => {
+            name.clone()
+        }
         other => other.id(),
     };
     Ok(Json(Me {

@@ -16,6 +16,7 @@ fn user_error(e: UserError) -> ApiError {
     match e {
         UserError::NotFound => ApiError::not_found("no such user"),
         UserError::Invalid(m) => ApiError::validation(m),
+        e @ UserError::RoleFromProvider => ApiError::conflict(e.to_string()),
         UserError::Database(d) => ApiError::from(d),
     }
 }
@@ -37,14 +38,15 @@ fn authorize_read(principal: &Principal) -> ApiResult<()> {
 }
 
 /// Nobody changes or removes their own user, and nobody grants above their own role.
-fn authorize_change(principal: &Principal, user_id: Uuid, role: Option<Role>) -> ApiResult<()> {
+fn authorize_change(principal: &Principal, user_id: Uuid, role: Option<&Role>) -> ApiResult<()> {
     principal.authorize(Action::UsersManage)?;
-    if matches!(principal.actor, crate::auth::Actor::Device { id, .. } if id == user_id) {
+    if matches!(principal.actor, crate::auth::Actor::Device { id, .. } | crate::auth::Actor::SsoUser { id, .. } if id == user_id)
+    {
         return Err(ApiError::forbidden(
             "you cannot change or remove your own user",
         ));
     }
-    if role.is_some_and(|r| r.rank() > principal.role.rank()) {
+    if role.is_some_and(|r| r.grant_rank() > principal.role.rank()) {
         return Err(ApiError::forbidden(
             "nobody can grant a role above their own",
         ));
@@ -94,8 +96,9 @@ pub async fn change(
     ApiPath(user_id): ApiPath<Uuid>,
     ApiJson(body): ApiJson<ChangeRequest>,
 ) -> ApiResult<StatusCode> {
-    authorize_change(&principal, user_id, Some(body.role))?;
+    authorize_change(&principal, user_id, Some(&body.role))?;
     let scope = super::pairing::effective_scope(&principal, body.scope.as_deref())?;
+    super::roles::ensure_exists(&state, &body.role).await?;
     users::change_role(
         &state.pool,
         &principal.actor,

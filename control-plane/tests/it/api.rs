@@ -19,7 +19,17 @@ fn is_envelope(v: &Value) -> bool {
 }
 
 /// The sign-in surface: the only routes besides `/health` that take no bearer token.
-const UNAUTHENTICATED: &[&str] = &["/pair/start", "/pair/confirm", "/v1/auth/refresh"];
+const UNAUTHENTICATED: &[&str] = &[
+    "/pair/start",
+    "/pair/confirm",
+    "/v1/auth/refresh",
+    "/v1/auth/providers",
+    "/v1/auth/oidc/{provider}/login",
+    "/v1/auth/oidc/{provider}/callback",
+    "/v1/auth/oidc/{provider}/cli",
+    "/v1/auth/cli/approve",
+    "/v1/auth/cli/poll",
+];
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn every_route_but_health_requires_a_valid_bearer_token(pool: PgPool) {

@@ -56,6 +56,12 @@ const UNAUTHENTICATED_OPERATIONS: &[(&str, &str)] = &[
     ("post", "/pair/start"),
     ("post", "/pair/confirm"),
     ("post", "/v1/auth/refresh"),
+    ("get", "/v1/auth/providers"),
+    ("get", "/v1/auth/oidc/{provider}/login"),
+    ("get", "/v1/auth/oidc/{provider}/callback"),
+    ("post", "/v1/auth/oidc/{provider}/cli"),
+    ("post", "/v1/auth/cli/approve"),
+    ("post", "/v1/auth/cli/poll"),
 ];
 
 const HTTP_METHODS: &[&str] = &[

@@ -8,6 +8,7 @@ mod contract;
 mod matrix;
 mod pairing;
 mod registry;
+mod roles;
 
 use std::sync::Arc;
 
@@ -50,6 +51,10 @@ pub async fn state(pool: PgPool) -> (AppState, ManualClock) {
             trusted_proxies: vec!["10.9.9.9".parse().unwrap()],
         }),
         limits: Arc::new(moltops_server::serve::Limits::default()),
+        sso: Arc::new(
+            moltops_server::oidc::Sso::new(Vec::new(), Some("http://cp.example:7337".into()))
+                .unwrap(),
+        ),
     };
     (state, clock)
 }
