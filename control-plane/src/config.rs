@@ -228,12 +228,15 @@ impl ServeArgs {
             ));
         }
         let public_url = self.public_url.clone().or(file.public_url);
-        if let Some(url) = &public_url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(ConfigError::Invalid(format!(
-                "public_url {url:?} must start with https:// (or http:// for a loopback test setup)"
-            )));
+        if let Some(url) = &public_url {
+            let loopback_http = ["http://127.", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|prefix| url.starts_with(prefix));
+            if !(url.starts_with("https://") || loopback_http) {
+                return Err(ConfigError::Invalid(format!(
+                    "public_url {url:?} must start with https:// (http:// only for a loopback address)"
+                )));
+            }
         }
         for provider in &file.oidc {
             provider.validate().map_err(ConfigError::Invalid)?;

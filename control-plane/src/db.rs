@@ -9,6 +9,9 @@ use sqlx::postgres::PgPoolOptions;
 /// Advisory lock keys (arbitrary, fixed, distinct).
 pub const ADVISORY_LOCK_MIGRATIONS: i64 = 0x6d6f_6c74_0001;
 pub const ADVISORY_LOCK_CA: i64 = 0x6d6f_6c74_0002;
+pub const ADVISORY_LOCK_AUDIT_KEY: i64 = 0x6d6f_6c74_0003;
+/// Held by the replica that forwards the audit log to an external sink.
+pub const ADVISORY_LOCK_AUDIT_FORWARD: i64 = 0x6d6f_6c74_0004;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

@@ -36,6 +36,8 @@ use crate::crypto::hash_secret;
 pub const LOGIN_TTL: Duration = Duration::minutes(10);
 /// How long discovered provider metadata (endpoints and signing keys) is reused.
 pub const METADATA_TTL: Duration = Duration::minutes(10);
+/// After a failed discovery, sign-ins fail fast for this long instead of each waiting on it.
+pub const DISCOVERY_RETRY: Duration = Duration::seconds(10);
 /// The per-sign-in binding cookie is this prefix + the sign-in id.
 pub const BINDING_COOKIE_PREFIX: &str = "moltops_oidc_";
 
@@ -138,7 +140,14 @@ impl ProviderConfig {
 pub struct Provider {
     pub config: ProviderConfig,
     client_secret: Option<Zeroizing<String>>,
-    metadata: tokio::sync::Mutex<Option<(DateTime<Utc>, CoreProviderMetadata)>>,
+    metadata: std::sync::Mutex<MetadataCache>,
+}
+
+/// Discovered metadata (endpoints and signing keys), and when discovery last failed.
+#[derive(Default)]
+struct MetadataCache {
+    document: Option<(DateTime<Utc>, CoreProviderMetadata)>,
+    failed_at: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -177,6 +186,8 @@ pub enum SsoError {
     NoRole,
     #[error("your account was disabled by an owner")]
     Disabled,
+    #[error("another sign-in of the same person created the user first")]
+    RaceLost,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }
@@ -250,7 +261,7 @@ impl Sso {
             providers.push(Provider {
                 config,
                 client_secret,
-                metadata: tokio::sync::Mutex::new(None),
+                metadata: std::sync::Mutex::new(MetadataCache::default()),
             });
         }
         // The process-wide TLS provider (ring; main installs it too): idempotent.
@@ -314,24 +325,56 @@ impl Sso {
         provider: &Provider,
         now: DateTime<Utc>,
     ) -> Result<CoreProviderMetadata, SsoError> {
-        let mut cached = provider.metadata.lock().await;
-        if let Some((fetched, metadata)) = cached.as_ref()
-            && now - *fetched < METADATA_TTL
-            && now >= *fetched
+        // The lock is never held across the network: concurrent sign-ins with a stale cache may
+        // each fetch, which is harmless; a recent failure answers at once instead of queueing.
         {
-            return Ok(metadata.clone());
+            let cached = provider
+                .metadata
+                .lock()
+                .map_err(|_| SsoError::Unavailable("metadata cache poisoned".into()))?;
+            if let Some((fetched, metadata)) = &cached.document
+                && now - *fetched < METADATA_TTL
+                && now >= *fetched
+            {
+                return Ok(metadata.clone());
+            }
+            if let Some(failed) = cached.failed_at
+                && now - failed < DISCOVERY_RETRY
+                && now >= failed
+            {
+                return Err(SsoError::Unavailable(
+                    "discovery failed moments ago; not retrying yet".into(),
+                ));
+            }
         }
         let issuer = IssuerUrl::new(provider.config.issuer.clone())
             .map_err(|e| SsoError::Unavailable(e.to_string()))?;
         let http = self.http_client();
-        let metadata = CoreProviderMetadata::discover_async(issuer, &http)
-            .await
-            .map_err(|e| {
+        let fetched = CoreProviderMetadata::discover_async(issuer, &http).await;
+        let mut cached = provider
+            .metadata
+            .lock()
+            .map_err(|_| SsoError::Unavailable("metadata cache poisoned".into()))?;
+        match fetched {
+            Ok(metadata) => {
+                cached.document = Some((now, metadata.clone()));
+                cached.failed_at = None;
+                Ok(metadata)
+            }
+            Err(e) => {
                 tracing::warn!(provider = %provider.config.name, error = %error_chain(&e), "OIDC discovery failed");
-                SsoError::Unavailable(format!("discovery failed: {e}"))
-            })?;
-        *cached = Some((now, metadata.clone()));
-        Ok(metadata)
+                cached.failed_at = Some(now);
+                Err(SsoError::Unavailable(format!("discovery failed: {e}")))
+            }
+        }
+    }
+
+    /// Forgets a provider's cached keys (after an ID token failed validation, the provider may
+    /// have rotated them; the next sign-in fetches them again).
+    fn invalidate(provider: &Provider) {
+        if let Ok(mut cached) = provider.metadata.lock() {
+            cached.document = None;
+        }
     }
 
     /// Starts a sign-in: records it and returns the provider's authorization URL and the binding
@@ -411,10 +454,7 @@ impl Sso {
         now: DateTime<Utc>,
     ) -> Result<SignedIn, SsoError> {
         let provider = self.provider(provider_name)?;
-        if let Some(error) = &callback.error {
-            return Err(SsoError::ProviderDenied(truncate(error, 100)));
-        }
-        let (Some(code), Some(state)) = (&callback.code, &callback.state) else {
+        let Some(state) = &callback.state else {
             return Err(SsoError::InvalidState);
         };
         // Consume the sign-in first: a replayed callback finds nothing.
@@ -429,6 +469,18 @@ impl Sso {
         .fetch_optional(pool)
         .await?
         .ok_or(SsoError::InvalidState)?;
+        // Only a sign-in we started may report the provider's error (and it is now used up).
+        if let Some(error) = &callback.error {
+            let error: String = error
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
+            return Err(SsoError::ProviderDenied(error));
+        }
+        let Some(code) = &callback.code else {
+            return Err(SsoError::InvalidState);
+        };
         let verifier = cookie(&binding_cookie_name(login.id)).ok_or(SsoError::WrongBrowser)?;
         if !crate::pairing::constant_time_eq(&hash_secret(&verifier), &login.browser_hash) {
             return Err(SsoError::WrongBrowser);
@@ -452,15 +504,21 @@ impl Sso {
             .set_pkce_verifier(PkceCodeVerifier::new(verifier))
             .request_async(&http)
             .await
-            .map_err(|e| SsoError::ProviderDenied(truncate(&error_chain(&e), 200)))?;
+            .map_err(|e| match e {
+                openidconnect::RequestTokenError::ServerResponse(answer) => {
+                    SsoError::ProviderDenied(truncate(&answer.to_string(), 200))
+                }
+                other => SsoError::Unavailable(format!("token endpoint: {}", error_chain(&other))),
+            })?;
         let id_token = response
             .id_token()
             .ok_or_else(|| SsoError::Rejected("no ID token in the token response".into()))?;
         let verifier = client.id_token_verifier().set_time_fn(move || now);
         let nonce = Nonce::new(login.nonce);
-        let claims = id_token
-            .claims(&verifier, &nonce)
-            .map_err(|e| SsoError::Rejected(format!("ID token: {e}")))?;
+        let claims = id_token.claims(&verifier, &nonce).map_err(|e| {
+            Self::invalidate(provider);
+            SsoError::Rejected(format!("ID token: {e}"))
+        })?;
         // The signature is verified; read the extra claims (groups) from the same payload.
         let payload = decode_payload(&id_token.to_string())
             .ok_or_else(|| SsoError::Rejected("ID token payload is not JSON".into()))?;
@@ -476,8 +534,12 @@ impl Sso {
                 .unwrap_or_default(),
             groups,
         };
-        let user_id = record_user(pool, &provider.config, &identity, now).await?;
+        let user_id = match record_user(pool, &provider.config, &identity, now).await {
+            Err(SsoError::RaceLost) => record_user(pool, &provider.config, &identity, now).await?,
+            other => other?,
+        };
         Ok(SignedIn {
+            login_id: login.id,
             user_id,
             cli_login_id: login.cli_login_id,
             identity,
@@ -506,6 +568,8 @@ pub struct Identity {
 
 #[derive(Debug, Clone)]
 pub struct SignedIn {
+    /// The sign-in (its binding cookie can be cleared).
+    pub login_id: Uuid,
     pub user_id: Uuid,
     pub cli_login_id: Option<Uuid>,
     pub identity: Identity,
@@ -580,6 +644,14 @@ async fn record_user(
     .await?;
     let Some(rule) = rule else {
         if let Some(user) = &existing {
+            sqlx::query!(
+                "update sso_users set role = null, groups = $2, last_login_at = $3 where id = $1",
+                user.id,
+                json!(identity.groups),
+                now
+            )
+            .execute(&mut *tx)
+            .await?;
             let ended = sqlx::query!(
                 "update device_sessions set revoked_at = $2 where sso_user_id = $1 and revoked_at is null",
                 user.id,
@@ -626,7 +698,7 @@ async fn record_user(
             )
             .execute(&mut *tx)
             .await?;
-            if user.role != rule.role.as_str() || user.scope != rule.scope {
+            if user.role.as_deref() != Some(rule.role.as_str()) || user.scope != rule.scope {
                 audit::record(
                     &mut tx,
                     now,
@@ -648,12 +720,13 @@ async fn record_user(
             user.id
         }
         None => {
-            let id = Uuid::now_v7();
-            sqlx::query!(
+            // Two first sign-ins of one person at once: the loser retries (and finds the row).
+            sqlx::query_scalar!(
                 "insert into sso_users (id, provider, issuer, subject, email, name, groups, role, scope,
                                         created_at, last_login_at)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
-                id,
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+                 on conflict (issuer, subject) do nothing returning id",
+                Uuid::now_v7(),
                 config.name,
                 identity.issuer,
                 identity.subject,
@@ -664,9 +737,9 @@ async fn record_user(
                 rule.scope,
                 now
             )
-            .execute(&mut *tx)
-            .await?;
-            id
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(SsoError::RaceLost)?
         }
     };
     tx.commit().await?;
@@ -675,6 +748,77 @@ async fn record_user(
 
 /// Shared handle.
 pub type SharedSso = Arc<Sso>;
+
+impl Sso {
+    /// Applies the configured mappings to every SSO user's last known groups (at start-up, so a
+    /// mapping changed in the config takes effect now, not at each user's next sign-in). A user
+    /// left without a role, or whose provider is no longer configured, loses every session.
+    pub async fn remap_all(&self, pool: &PgPool, now: DateTime<Utc>) -> Result<u64, SsoError> {
+        let users = sqlx::query!(
+            "select id, provider, groups, role, scope from sso_users where disabled_at is null"
+        )
+        .fetch_all(pool)
+        .await?;
+        let mut changed = 0;
+        for user in users {
+            let groups: Vec<String> = serde_json::from_value(user.groups).unwrap_or_default();
+            let rule = self
+                .providers
+                .iter()
+                .find(|p| p.config.name == user.provider)
+                .and_then(|p| p.config.map_role(&groups));
+            let (role, scope) = match rule {
+                Some(rule) => (Some(rule.role.as_str().to_owned()), rule.scope.clone()),
+                None => (None, String::new()),
+            };
+            if role == user.role && (role.is_none() || scope == user.scope) {
+                continue;
+            }
+            let mut tx = pool.begin().await?;
+            sqlx::query!(
+                "update sso_users set role = $2, scope = $3 where id = $1",
+                user.id,
+                role,
+                scope
+            )
+            .execute(&mut *tx)
+            .await?;
+            let ended = if role.is_none() {
+                sqlx::query!(
+                    "update device_sessions set revoked_at = $2 where sso_user_id = $1 and revoked_at is null",
+                    user.id,
+                    now
+                )
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+            } else {
+                0
+            };
+            audit::record(
+                &mut tx,
+                now,
+                AuditEvent {
+                    actor: &Actor::System { what: "sso" },
+                    action: "user.role_change",
+                    target_kind: "user",
+                    target_id: user.id.to_string(),
+                    reason: Some("the configured group mapping changed"),
+                    outcome: Outcome::Success,
+                    detail: json!({
+                        "before": { "role": user.role, "scope": user.scope },
+                        "after": { "role": role, "scope": scope },
+                        "sessions_ended": ended,
+                    }),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            changed += 1;
+        }
+        Ok(changed)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -754,7 +898,9 @@ pub mod cli {
     /// How long a CLI sign-in may take.
     pub const CLI_LOGIN_TTL: Duration = Duration::minutes(10);
     /// How often the CLI is told to poll.
-    pub const POLL_INTERVAL_SECONDS: i64 = 2;
+    pub const POLL_INTERVAL_SECONDS: i64 = 3;
+    /// Pending CLI sign-ins one client address may have at once.
+    pub const MAX_PENDING_PER_CLIENT: i64 = 20;
     /// Pending CLI sign-ins allowed at once (an anonymous flood cannot grow the table unbounded).
     pub const MAX_PENDING: i64 = 10_000;
     pub const POLL_PREFIX: &str = "mcp_";
@@ -774,6 +920,8 @@ pub mod cli {
         Unknown,
         #[error("the sign-in expired; start again")]
         Expired,
+        #[error("unknown sign-in, or the code does not match the one your terminal shows")]
+        WrongCode,
         #[error("database: {0}")]
         Database(#[from] sqlx::Error),
     }
@@ -791,7 +939,15 @@ pub mod cli {
         )
         .fetch_one(pool)
         .await?;
-        if pending >= MAX_PENDING {
+        let mine: i64 = sqlx::query_scalar!(
+            r#"select count(*) as "n!" from cli_logins
+               where client_addr = $1 and expires_at > $2 and consumed_at is null"#,
+            client_addr,
+            now
+        )
+        .fetch_one(pool)
+        .await?;
+        if pending >= MAX_PENDING || mine >= MAX_PENDING_PER_CLIENT {
             return Err(CliLoginError::TooManyPending);
         }
         sqlx::query!(
@@ -848,20 +1004,28 @@ pub mod cli {
         Ok(())
     }
 
-    /// After the browser signed in: remembers who, and returns the code to show and the secret
-    /// the confirmation form carries.
+    /// Where and when a CLI sign-in was started, for the confirmation page.
+    pub struct Origin {
+        pub client_addr: String,
+        pub created_at: DateTime<Utc>,
+    }
+
+    /// After the browser signed in: remembers who, and returns where the sign-in was started and
+    /// the secret the confirmation form carries. The code is not returned: the person must type
+    /// the one their terminal shows.
     pub async fn signed_in(
         pool: &PgPool,
         id: Uuid,
         user_id: Uuid,
         now: DateTime<Utc>,
         rng: &mut (dyn RngCore + Send),
-    ) -> Result<(String, Zeroizing<String>), CliLoginError> {
+    ) -> Result<(Origin, Zeroizing<String>), CliLoginError> {
         let approval = crate::crypto::generate_secret("", 32, rng);
-        let code = sqlx::query_scalar!(
+        let origin = sqlx::query_as!(
+            Origin,
             "update cli_logins set sso_user_id = $2, approve_hash = $3
              where id = $1 and sso_user_id is null and consumed_at is null and expires_at > $4
-             returning user_code",
+             returning client_addr, created_at",
             id,
             user_id,
             hash_secret(&approval),
@@ -870,23 +1034,26 @@ pub mod cli {
         .fetch_optional(pool)
         .await?
         .ok_or(CliLoginError::Expired)?;
-        Ok((code, approval))
+        Ok((origin, approval))
     }
 
-    /// The person in the browser confirmed that their terminal shows the same code.
+    /// The person typed the code their terminal shows (it must match) and confirmed.
     pub async fn approve(
         pool: &PgPool,
         id: Uuid,
         approval: &str,
+        typed_code: &str,
         now: DateTime<Utc>,
     ) -> Result<(), CliLoginError> {
+        let code = crate::pairing::normalize_code(typed_code).ok_or(CliLoginError::WrongCode)?;
         let updated = sqlx::query!(
             "update cli_logins set approved_at = $3
              where id = $1 and approve_hash = $2 and approved_at is null and consumed_at is null
-                   and expires_at > $3",
+                   and expires_at > $3 and replace(user_code, '-', '') = $4",
             id,
             hash_secret(approval),
-            now
+            now,
+            code
         )
         .execute(pool)
         .await?
@@ -894,7 +1061,7 @@ pub mod cli {
         if updated == 1 {
             Ok(())
         } else {
-            Err(CliLoginError::Unknown)
+            Err(CliLoginError::WrongCode)
         }
     }
 
@@ -921,6 +1088,9 @@ pub mod cli {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(CliLoginError::Unknown)?;
+        if row.expires_at <= now {
+            return Err(CliLoginError::Expired);
+        }
         match (row.approved_at, row.sso_user_id) {
             (Some(_), Some(user)) => {
                 sqlx::query!(
@@ -933,7 +1103,6 @@ pub mod cli {
                 tx.commit().await?;
                 Ok(Poll::Approved(user))
             }
-            _ if row.expires_at <= now => Err(CliLoginError::Expired),
             _ => Ok(Poll::Pending),
         }
     }

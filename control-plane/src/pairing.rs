@@ -421,6 +421,14 @@ async fn approver_still_entitled(
         .fetch_optional(&mut *tx)
         .await?
         .map(|r| (r.role, r.scope)),
+        "sso_user" => sqlx::query!(
+            r#"select role as "role!", scope from sso_users
+               where id = $1 and disabled_at is null and role is not null"#,
+            id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| (r.role, r.scope)),
         _ => None,
     };
     let (role, scope) = holder.ok_or_else(revoked)?;
@@ -475,10 +483,10 @@ async fn insert_owned_session(
         hash_secret(&tokens.access),
         now + tokens.access_expires_in,
         hash_secret(&tokens.refresh),
-        now + if csrf.is_some() {
-            WEB_SESSION_TTL
-        } else {
-            REFRESH_TTL
+        now + match owner {
+            // An SSO user signs in again at the provider at least this often.
+            SessionOwner::SsoUser(_) => SSO_SESSION_TTL,
+            SessionOwner::Device(_) => REFRESH_TTL,
         },
         now,
         csrf.map(hash_secret)
@@ -490,6 +498,9 @@ async fn insert_owned_session(
 
 /// How long a browser session (cookie) lasts; it is not refreshed.
 pub const WEB_SESSION_TTL: Duration = Duration::hours(12);
+/// How long any SSO session lives, refreshes included: then the person signs in at the provider
+/// again, which re-reads their groups.
+pub const SSO_SESSION_TTL: Duration = Duration::hours(12);
 
 /// A browser session: the cookie value and the CSRF token the page echoes in `X-CSRF-Token`.
 pub struct WebSession {
@@ -595,7 +606,8 @@ pub async fn refresh(
     }
     let session = sqlx::query!(
         r#"select s.id, s.refresh_expires_at, s.revoked_at, s.csrf_hash is not null as "web!",
-                  (d.revoked_at is not null or u.disabled_at is not null) as "owner_gone!"
+                  (d.revoked_at is not null or u.disabled_at is not null
+                   or (u.id is not null and u.role is null)) as "owner_gone!"
            from device_sessions s
            left join devices d on d.id = s.device_id
            left join sso_users u on u.id = s.sso_user_id

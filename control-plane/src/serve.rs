@@ -71,6 +71,11 @@ pub struct Limits {
     /// All clients together, on this replica: session refreshes (every device refreshes every
     /// 15 minutes, so this budget is larger).
     pub global_refresh: crate::ratelimit::RateLimiter,
+    /// Single sign-on, per client (generous: an office behind one NAT signs in through it).
+    pub per_client_sso: crate::ratelimit::RateLimiter,
+    /// Single sign-on, all clients together on this replica: apart from the refresh budget, so
+    /// an SSO flood cannot starve the fleet's session refreshes.
+    pub global_sso: crate::ratelimit::RateLimiter,
     /// Backoff after repeated failed sign-ins from one client.
     pub lockout: crate::ratelimit::Lockout,
 }
@@ -81,6 +86,8 @@ impl Default for Limits {
             per_client: crate::ratelimit::RateLimiter::new(10, Duration::from_secs(60)),
             global: crate::ratelimit::RateLimiter::new(120, Duration::from_secs(60)),
             global_refresh: crate::ratelimit::RateLimiter::new(1200, Duration::from_secs(60)),
+            per_client_sso: crate::ratelimit::RateLimiter::new(120, Duration::from_secs(60)),
+            global_sso: crate::ratelimit::RateLimiter::new(1200, Duration::from_secs(60)),
             lockout: crate::ratelimit::Lockout::new(
                 5,
                 chrono::Duration::minutes(15),
@@ -134,7 +141,22 @@ pub async fn prepare(
             crate::pairing::SETUP_TTL.num_minutes()
         );
     }
+    let sso = Arc::new(
+        crate::oidc::Sso::new(config.oidc.clone(), config.public_url.clone())
+            .map_err(anyhow::Error::msg)?,
+    );
+    let remapped = sso
+        .remap_all(&pool, clock.now())
+        .await
+        .context("applying the SSO group mappings")?;
+    if remapped > 0 {
+        tracing::info!(
+            users = remapped,
+            "SSO users' roles changed with the configured mapping"
+        );
+    }
     Ok(AppState {
+        sso,
         clock,
         ca,
         hub: Hub::default(),
@@ -143,10 +165,6 @@ pub async fn prepare(
         authz: crate::rbac::Authz::load(&pool)
             .await
             .context("loading the authorization policy")?,
-        sso: Arc::new(
-            crate::oidc::Sso::new(config.oidc.clone(), config.public_url.clone())
-                .map_err(anyhow::Error::msg)?,
-        ),
         pool,
     })
 }

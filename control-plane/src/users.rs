@@ -83,7 +83,8 @@ pub async fn list(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<User>, sqlx::
         } else {
             r.name
         },
-        role: r.role,
+        // No role: the groups no longer map to one; the user can do nothing.
+        role: r.role.unwrap_or_default(),
         scope: r.scope,
         created_at: r.created_at,
         approved_by: format!("oidc:{}", r.provider),

@@ -191,6 +191,51 @@ async fn a_user_signs_in_through_the_provider_and_sees_exactly_what_the_mapped_r
     let (status, body) = json_of(label(Some(&csrf)).await.unwrap()).await;
     assert_eq!(status, 200, "{body}");
 
+    // An SSO admin approves a device pairing; the device confirms and inherits the scope.
+    let api = reqwest::Client::new();
+    let started: Value = api
+        .post(fx.server().url("/pair/start"))
+        .json(&json!({ "device_name": "kiosk" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let approved = browser
+        .client
+        .post(fx.server().url("/v1/pairings/approve"))
+        .header("x-csrf-token", &csrf)
+        .json(&json!({ "pairing_code": started["pairing_code"], "role": "viewer", "device_name": "kiosk" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 200);
+    let (status, tokens) = json_of(
+        api.post(fx.server().url("/pair/confirm"))
+            .json(&json!({
+                "pairing_code": started["pairing_code"], "device_name": "kiosk",
+                "pairing_secret": started["pairing_secret"],
+            }))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    let (_, device) = json_of(
+        api.get(fx.server().url("/v1/me"))
+            .bearer_auth(tokens["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (device["role"].as_str(), device["scope"].as_str()),
+        (Some("viewer"), Some("env=staging"))
+    );
+
     // Admin of staging only: no users list, no API tokens.
     let (status, _) = json_of(browser.get(&fx.server().url("/v1/users")).await).await;
     assert_eq!(status, 403);
@@ -302,7 +347,13 @@ async fn a_user_with_no_mapped_group_gets_no_access_at_all() {
     let browser = Browser::new();
     let callback = to_callback(&fx, &browser, "corp").await;
     let response = browser.get(&callback).await;
-    assert!(response.headers().get("set-cookie").is_none());
+    assert!(
+        response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("moltops_session="))
+    );
     let (status, body) = json_of(response).await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -413,7 +464,10 @@ async fn the_attack_set_is_rejected_and_creates_no_session() {
     .await
     .unwrap();
     assert!(refused >= 10, "{refused} refused sign-ins audited");
-    // And after all that, an honest sign-in still works (lockout is per client and brief).
+    // And after all that, an honest sign-in still works: SSO has no lockout to trip.
+    let browser = Browser::new();
+    let callback = to_callback(&fx, &browser, "corp").await;
+    assert_eq!(browser.get(&callback).await.status(), 200);
     fx.finish().await;
 }
 
@@ -578,38 +632,54 @@ async fn the_cli_signs_in_through_the_browser_and_gets_a_token_with_the_mapped_r
         .to_owned();
     assert!(url.starts_with(&server), "{url}");
 
-    // The person signs in in a browser; the page shows the CLI's code and asks to confirm.
+    // The person signs in in a browser; the page says where the sign-in started and asks for
+    // the code the terminal shows (it does not show it: someone who was sent the link cannot
+    // just click through).
     let browser = Browser::new();
     let callback = browser.follow_until(&url, &callback_url(&fx, "corp")).await;
     let page = browser.get(&callback).await;
     assert_eq!(page.status(), 200);
     assert!(
-        page.headers().get("set-cookie").is_none(),
+        page.headers()
+            .get_all("set-cookie")
+            .iter()
+            .all(|c| !c.to_str().unwrap().starts_with("moltops_session=")),
         "no browser session for a CLI sign-in"
     );
     let page = page.text().await.unwrap();
-    assert!(page.contains(&code), "{page}");
+    assert!(!page.contains(&code), "{page}");
     assert!(page.contains("carol@example.test"), "{page}");
+    assert!(page.contains("127.0.0.1"), "{page}");
     let login_id = hidden_field(&page, "login_id");
     let approval = hidden_field(&page, "approval");
 
-    // A forged confirmation does nothing.
-    let forged = browser
-        .client
-        .post(fx.server().url("/v1/auth/cli/approve"))
-        .form(&[("login_id", login_id.as_str()), ("approval", "guess")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(forged.status(), 400);
-    let confirmed = browser
-        .client
-        .post(fx.server().url("/v1/auth/cli/approve"))
-        .form(&[
-            ("login_id", login_id.as_str()),
-            ("approval", approval.as_str()),
-        ])
-        .send()
+    // A forged confirmation, or the wrong code, does nothing.
+    let approve = |approval: String, typed: String| {
+        browser
+            .client
+            .post(fx.server().url("/v1/auth/cli/approve"))
+            .form(&[
+                ("login_id", login_id.clone()),
+                ("approval", approval),
+                ("user_code", typed),
+            ])
+            .send()
+    };
+    assert_eq!(
+        approve("guess".into(), code.clone())
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        approve(approval.clone(), "AAAA-AAAA".into())
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let confirmed = approve(approval.clone(), code.to_lowercase())
         .await
         .unwrap();
     assert_eq!(confirmed.status(), 200);
@@ -645,18 +715,45 @@ async fn the_cli_signs_in_through_the_browser_and_gets_a_token_with_the_mapped_r
     );
 
     // The confirmation is single-use, and logout ends the CLI's session.
-    let again = browser
-        .client
-        .post(fx.server().url("/v1/auth/cli/approve"))
-        .form(&[
-            ("login_id", login_id.as_str()),
-            ("approval", approval.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 400);
+    assert_eq!(
+        approve(approval.clone(), code.clone())
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
     assert!(ctl(&["logout"]).status.success());
     assert!(!ctl(&["whoami"]).status.success());
+    fx.finish().await;
+}
+
+#[tokio::test]
+async fn a_mapping_changed_in_the_config_applies_at_restart() {
+    let (mut fx, idp) = setup().await;
+    idp.set_account("dave", "dave@example.test", &["moltops-admins"])
+        .await;
+    let browser = Browser::new();
+    let callback = to_callback(&fx, &browser, "corp").await;
+    assert_eq!(browser.get(&callback).await.status(), 200);
+    let (_, me) = json_of(browser.get(&fx.server().url("/v1/me")).await).await;
+    assert_eq!(me["role"], "admin");
+    // The operator narrows the mapping: moltops-admins become viewers; restart.
+    let toml = fx.options.config_toml.clone().unwrap();
+    fx.options.config_toml = Some(toml.replace(
+        r#"{ group = "moltops-admins", role = "admin" }"#,
+        r#"{ group = "moltops-admins", role = "viewer" }"#,
+    ));
+    fx.restart_server().await;
+    let (_, me) = json_of(browser.get(&fx.server().url("/v1/me")).await).await;
+    assert_eq!(
+        me["role"], "viewer",
+        "applied to the live session at start-up"
+    );
+    // Removed from the mapping entirely: every session ends.
+    let toml = fx.options.config_toml.clone().unwrap();
+    fx.options.config_toml =
+        Some(toml.replace("  { group = \"moltops-admins\", role = \"viewer\" },\n", ""));
+    fx.restart_server().await;
+    assert_eq!(browser.get(&fx.server().url("/v1/me")).await.status(), 401);
     fx.finish().await;
 }

@@ -167,7 +167,7 @@ async fn authenticate_device_session(
                   u.role as "user_role?", u.scope as "user_scope?"
            from device_sessions s
            left join devices d on d.id = s.device_id and d.revoked_at is null
-           left join sso_users u on u.id = s.sso_user_id and u.disabled_at is null
+           left join sso_users u on u.id = s.sso_user_id and u.disabled_at is null and u.role is not null
            where s.access_hash = $1 and s.revoked_at is null and s.access_expires_at > $2
                  and (d.id is not null or u.id is not null)"#,
         hash_secret(token),

@@ -35,10 +35,10 @@ fn check_name(name: &str, field: &str) -> ApiResult<()> {
 pub(super) enum Budget {
     Pairing,
     Refresh,
-    /// Single sign-on (login, callback, the CLI's start, confirmation and 2-second polls). Every
-    /// secret on this path is 256 bits and the provider guards its own sign-in, so there is no
-    /// per-client budget or lockout (which would shut out a whole office behind one NAT); the
-    /// global budget bounds the rows an anonymous flood can create.
+    /// Single sign-on (login, callback, the CLI's start, confirmation and polls). Every secret on
+    /// this path is 256 bits and the provider guards its own sign-in, so there is no lockout
+    /// (which would shut out a whole office behind one NAT) and the per-client budget is
+    /// generous; its own global budget keeps an SSO flood away from session refreshes.
     Sso,
 }
 
@@ -46,7 +46,8 @@ pub(super) fn rate_limit(state: &AppState, client: ClientIp, budget: Budget) -> 
     let now = state.clock.now();
     let global = match budget {
         Budget::Pairing => &state.limits.global,
-        Budget::Refresh | Budget::Sso => &state.limits.global_refresh,
+        Budget::Refresh => &state.limits.global_refresh,
+        Budget::Sso => &state.limits.global_sso,
     };
     let key = crate::ratelimit::limit_key(client.0);
     let per_client = || {
@@ -57,7 +58,7 @@ pub(super) fn rate_limit(state: &AppState, client: ClientIp, budget: Budget) -> 
             .and_then(|()| state.limits.per_client.check(&key, now))
     };
     let verdict = match budget {
-        Budget::Sso => Ok(()),
+        Budget::Sso => state.limits.per_client_sso.check(&key, now),
         Budget::Pairing | Budget::Refresh => per_client(),
     }
     .and_then(|()| global.check("global", now));

@@ -66,11 +66,15 @@ pub struct LoginQuery {
 fn sso_error(e: SsoError) -> ApiError {
     match e {
         SsoError::UnknownProvider => ApiError::not_found("no such sign-in provider"),
-        SsoError::Unavailable(m) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "idp_unavailable",
-            format!("identity provider unavailable: {m}"),
-        ),
+        SsoError::Unavailable(m) => {
+            // The detail may name internal hosts: it goes to the log, not to an anonymous caller.
+            tracing::warn!(detail = %m, "identity provider unavailable");
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "idp_unavailable",
+                "the identity provider is unavailable; try again later",
+            )
+        }
         e @ (SsoError::InvalidState | SsoError::WrongBrowser) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_state", e.to_string())
         }
@@ -78,6 +82,7 @@ fn sso_error(e: SsoError) -> ApiError {
             ApiError::new(StatusCode::UNAUTHORIZED, "sso_failed", e.to_string())
         }
         e @ SsoError::NoRole => ApiError::new(StatusCode::FORBIDDEN, "no_role", e.to_string()),
+        e @ SsoError::RaceLost => ApiError::conflict(format!("{e}; try again")),
         e @ SsoError::Disabled => {
             ApiError::new(StatusCode::FORBIDDEN, "user_disabled", e.to_string())
         }
@@ -93,7 +98,7 @@ fn cli_error(e: CliLoginError) -> ApiError {
             error.retry_after = Some(60);
             error
         }
-        CliLoginError::Unknown => {
+        CliLoginError::Unknown | CliLoginError::WrongCode => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_login", e.to_string())
         }
         CliLoginError::Expired => ApiError::new(StatusCode::GONE, "expired", e.to_string()),
@@ -194,10 +199,23 @@ pub async fn callback(
         name: signed_in.identity.email.clone(),
     };
     let mut headers = HeaderMap::new();
+    // The binding cookie has done its job.
+    headers.append(
+        header::SET_COOKIE,
+        cookie(
+            &state,
+            &crate::oidc::binding_cookie_name(signed_in.login_id),
+            "",
+            &format!("/v1/auth/oidc/{}/callback", path.provider),
+            0,
+            "Lax",
+            true,
+        ),
+    );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; form-action 'self'; style-src 'unsafe-inline'",
+            "default-src 'none'; form-action 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'",
         ),
     );
     headers.insert(
@@ -205,10 +223,12 @@ pub async fn callback(
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     if let Some(cli_login) = signed_in.cli_login_id {
-        let (code, approval) =
+        let (origin, approval) =
             cli::signed_in(&state.pool, cli_login, signed_in.user_id, now, &mut rng())
                 .await
                 .map_err(cli_error)?;
+        let from = html_escape(&origin.client_addr);
+        let started = origin.created_at.format("%Y-%m-%d %H:%M:%S UTC");
         let who = html_escape(if signed_in.identity.email.is_empty() {
             &signed_in.identity.subject
         } else {
@@ -217,11 +237,13 @@ pub async fn callback(
         let page = format!(
             "<!doctype html><meta charset=utf-8><title>moltops: confirm CLI sign-in</title>\
              <h1>Sign in moltopsctl as {who}?</h1>\
-             <p>Your terminal shows the code <strong>{code}</strong>. Confirm only if you started \
-             this sign-in yourself and the codes match.</p>\
+             <p>This sign-in was started from {from} at {started}. Continue only if you started \
+             it yourself: type the code your terminal shows. If someone sent you this link, close \
+             this page.</p>\
              <form method=post action=\"/v1/auth/cli/approve\">\
              <input type=hidden name=login_id value=\"{cli_login}\">\
              <input type=hidden name=approval value=\"{approval}\">\
+             <label>Code: <input name=user_code autocomplete=off required></label> \
              <button type=submit>Confirm sign-in</button></form>",
             approval = approval.as_str()
         );
@@ -330,6 +352,8 @@ pub async fn cli_start(
 pub struct ApproveForm {
     pub login_id: Uuid,
     pub approval: String,
+    /// The code the terminal shows, typed by the person.
+    pub user_code: String,
 }
 
 /// The browser's confirmation form.
@@ -344,6 +368,7 @@ pub async fn cli_approve(
         &state.pool,
         form.login_id,
         &form.approval,
+        &form.user_code,
         state.clock.now(),
     )
     .await
@@ -351,7 +376,7 @@ pub async fn cli_approve(
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'"),
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
     );
     headers.insert(
         header::CONTENT_TYPE,
