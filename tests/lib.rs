@@ -335,10 +335,41 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
+        self.send_with(method, path, body, None).await
+    }
+
+    /// A destructive call as an operator makes it: the first answer is 428 with a confirmation
+    /// token, and the identical call is repeated with it.
+    pub async fn confirmed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let (status, answer) = self
+            .send_with(method.clone(), path, body.clone(), None)
+            .await;
+        if status != 428 {
+            return (status, answer);
+        }
+        let token = answer["confirmation_token"].as_str().unwrap().to_owned();
+        self.send_with(method, path, body, Some(&token)).await
+    }
+
+    async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        confirmation: Option<&str>,
+    ) -> (u16, Value) {
         let mut req = self
             .client
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token);
+        if let Some(token) = confirmation {
+            req = req.header("x-confirmation-token", token);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }

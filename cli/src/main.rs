@@ -69,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// The audit trail: list, export, verify.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// One-time tokens that enroll new hosts.
     EnrollmentTokens {
         #[command(subcommand)]
@@ -103,6 +108,35 @@ enum NodesCommand {
     },
     /// Send a ping and wait for the pong.
     Ping { node_id: String },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recent events, newest first.
+    List {
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        target_id: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Write the whole log with its checkpoints as JSON Lines (keep it off the box).
+    Export {
+        /// File to write (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Re-walk the chain on the server; with --checkpoints, also check checkpoints from an
+    /// earlier export (catches a full rewrite whose stored checkpoints were deleted too).
+    /// Exits non-zero when the chain is broken.
+    Verify {
+        /// An earlier export (its checkpoint lines are used).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -573,6 +607,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Audit { command } => audit(&mut client, command, json_output).await?,
         Command::EnrollmentTokens {
             command:
                 EnrollmentCommand::Create {
@@ -605,6 +640,119 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c["enroll_command"].as_str().unwrap_or("")
                 );
             });
+        }
+    }
+    Ok(())
+}
+
+async fn audit(
+    client: &mut Client,
+    command: AuditCommand,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    use reqwest::Method;
+    match command {
+        AuditCommand::List {
+            action,
+            actor,
+            target_id,
+            limit,
+        } => {
+            let mut query = format!("/v1/audit?limit={limit}");
+            for (key, value) in [
+                ("action", action),
+                ("actor", actor),
+                ("target_id", target_id),
+            ] {
+                if let Some(v) = value {
+                    query.push_str(&format!("&{key}={}", urlencode(&v)));
+                }
+            }
+            let page = client.call(Method::GET, &query, None).await?;
+            print(json_output, &page, |page| {
+                for e in page["items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:>6}  {}  {:<24} {}:{}  {} {}  {}",
+                        e["seq"],
+                        e["occurred_at"].as_str().unwrap_or(""),
+                        e["action"].as_str().unwrap_or(""),
+                        e["actor_kind"].as_str().unwrap_or(""),
+                        e["actor_id"].as_str().unwrap_or(""),
+                        e["target_kind"].as_str().unwrap_or(""),
+                        e["target_id"].as_str().unwrap_or(""),
+                        e["outcome"].as_str().unwrap_or("")
+                    );
+                }
+            });
+        }
+        AuditCommand::Export { output } => {
+            let bearer = client.bearer().await?;
+            let mut response = client
+                .http
+                .get(format!("{}/v1/audit/export", client.server))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .with_context(|| format!("reaching {}", client.server))?;
+            if !response.status().is_success() {
+                bail!(
+                    "export refused: {}",
+                    response.text().await.unwrap_or_default()
+                );
+            }
+            let mut sink: Box<dyn std::io::Write> = match &output {
+                Some(path) => Box::new(std::fs::File::create(path)?),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            // Streamed to the sink as it arrives: constant memory however long the log.
+            while let Some(chunk) = response.chunk().await? {
+                sink.write_all(&chunk)?;
+            }
+            sink.flush()?;
+        }
+        AuditCommand::Verify { checkpoints } => {
+            let result = match checkpoints {
+                None => client.call(Method::GET, "/v1/audit/verify", None).await?,
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let mut kept = Vec::new();
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        let mut value: Value = serde_json::from_str(line)
+                            .with_context(|| format!("{}: not JSON Lines", path.display()))?;
+                        if value["type"] == "checkpoint" {
+                            if let Some(map) = value.as_object_mut() {
+                                map.remove("type");
+                            }
+                            kept.push(value);
+                        }
+                    }
+                    client
+                        .call(
+                            Method::POST,
+                            "/v1/audit/verify",
+                            Some(json!({ "checkpoints": kept })),
+                        )
+                        .await?
+                }
+            };
+            print(json_output, &result, |r| {
+                if r["ok"] == true {
+                    println!(
+                        "audit chain intact: {} rows, {} checkpoints checked, head {}",
+                        r["rows_checked"], r["checkpoints_checked"], r["head_seq"]
+                    );
+                } else {
+                    println!(
+                        "audit chain BROKEN at {}: {}",
+                        r["first_bad_seq"],
+                        r["problem"].as_str().unwrap_or("")
+                    );
+                }
+            });
+            if result["ok"] != true {
+                bail!("the audit chain does not verify");
+            }
         }
     }
     Ok(())

@@ -133,6 +133,13 @@ pub fn canonical(row: &Row) -> Vec<u8> {
     out.into_bytes()
 }
 
+/// Canonical JSON text of a value (keys sorted, no whitespace).
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
 /// JSON with object keys sorted bytewise, whatever map order serde_json was built with.
 fn write_canonical(value: &Value, out: &mut String) {
     match value {

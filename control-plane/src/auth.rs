@@ -179,6 +179,12 @@ pub enum Action {
     RolesRead,
     /// Define, change and delete custom roles.
     RolesManage,
+    /// Read the audit log and its checkpoints.
+    AuditRead,
+    /// Export the audit log; sign a checkpoint now.
+    AuditExport,
+    /// Re-walk the chain.
+    AuditVerify,
 }
 
 impl Action {
@@ -198,6 +204,9 @@ impl Action {
         Self::UsersManage,
         Self::RolesRead,
         Self::RolesManage,
+        Self::AuditRead,
+        Self::AuditExport,
+        Self::AuditVerify,
     ];
 
     /// Powers that stay with owners: who holds which role, and credentials that carry roles.

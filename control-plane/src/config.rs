@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// The URL browsers reach this control plane at, e.g. https://moltops.example.com.
     #[arg(long, env = "MOLTOPS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// How often to sign a checkpoint of the audit chain's head (default 300).
+    #[arg(long, env = "MOLTOPS_AUDIT_CHECKPOINT_INTERVAL_SECONDS")]
+    pub audit_checkpoint_interval_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -81,6 +84,7 @@ pub struct FileConfig {
     pub database_max_connections: Option<u32>,
     pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
     pub public_url: Option<String>,
+    pub audit_checkpoint_interval_seconds: Option<u64>,
     /// `[[oidc]]` tables: OpenID providers for single sign-on.
     #[serde(default)]
     pub oidc: Vec<crate::oidc::ProviderConfig>,
@@ -105,6 +109,8 @@ pub struct Config {
     /// the bound HTTP address.
     pub public_url: Option<String>,
     pub oidc: Vec<crate::oidc::ProviderConfig>,
+    /// How often the audit chain's head is signed.
+    pub audit_checkpoint_interval_seconds: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +247,17 @@ impl ServeArgs {
         for provider in &file.oidc {
             provider.validate().map_err(ConfigError::Invalid)?;
         }
+        let audit_checkpoint_interval_seconds = self
+            .audit_checkpoint_interval_seconds
+            .or(file.audit_checkpoint_interval_seconds)
+            .unwrap_or(300);
+        if !(1..=86_400).contains(&audit_checkpoint_interval_seconds) {
+            return Err(ConfigError::Invalid(
+                "audit_checkpoint_interval_seconds must be between 1 and 86400".into(),
+            ));
+        }
         Ok(Config {
+            audit_checkpoint_interval_seconds,
             public_url,
             oidc: file.oidc,
             database_url,

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod ca;
 pub mod clock;
 pub mod config;
+pub mod confirm;
 pub mod crypto;
 pub mod db;
 pub mod enrollment;

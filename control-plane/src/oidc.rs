@@ -960,6 +960,7 @@ pub mod cli {
         let user_code = crate::pairing::generate_code(rng);
         let poll_token = crate::crypto::generate_secret(POLL_PREFIX, 32, rng);
         let expires_at = now + CLI_LOGIN_TTL;
+        let mut tx = pool.begin().await?;
         sqlx::query!(
             "insert into cli_logins (id, provider, poll_hash, user_code, client_addr, created_at, expires_at)
              values ($1, $2, $3, $4, $5, $6, $7)",
@@ -971,8 +972,25 @@ pub mod cli {
             now,
             expires_at
         )
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+        audit::record(
+            &mut tx,
+            now,
+            AuditEvent {
+                actor: &Actor::Anonymous {
+                    client: client_addr.to_owned(),
+                },
+                action: "sso.cli_start",
+                target_kind: "cli_login",
+                target_id: id.to_string(),
+                reason: None,
+                outcome: Outcome::Success,
+                detail: json!({ "provider": provider }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
         Ok(Started {
             id,
             user_code,
@@ -1046,23 +1064,39 @@ pub mod cli {
         now: DateTime<Utc>,
     ) -> Result<(), CliLoginError> {
         let code = crate::pairing::normalize_code(typed_code).ok_or(CliLoginError::WrongCode)?;
+        let mut tx = pool.begin().await?;
         let updated = sqlx::query!(
             "update cli_logins set approved_at = $3
              where id = $1 and approve_hash = $2 and approved_at is null and consumed_at is null
-                   and expires_at > $3 and replace(user_code, '-', '') = $4",
+                   and expires_at > $3 and replace(user_code, '-', '') = $4
+             returning sso_user_id",
             id,
             hash_secret(approval),
             now,
             code
         )
-        .execute(pool)
+        .fetch_optional(&mut *tx)
         .await?
-        .rows_affected();
-        if updated == 1 {
-            Ok(())
-        } else {
-            Err(CliLoginError::WrongCode)
-        }
+        .ok_or(CliLoginError::WrongCode)?;
+        audit::record(
+            &mut tx,
+            now,
+            AuditEvent {
+                actor: &Actor::SsoUser {
+                    id: updated.sso_user_id.unwrap_or_default(),
+                    name: String::new(),
+                },
+                action: "sso.cli_approve",
+                target_kind: "cli_login",
+                target_id: id.to_string(),
+                reason: None,
+                outcome: Outcome::Success,
+                detail: json!({}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub enum Poll {

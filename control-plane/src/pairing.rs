@@ -120,14 +120,16 @@ pub async fn start(
     let secret = generate_secret(SECRET_PREFIX, 24, rng);
     // A collision with a code still in the table is vanishingly rare; draw again if it happens.
     let mut attempts = 0;
-    let code = loop {
+    let mut tx = pool.begin().await?;
+    let (code, pairing_id) = loop {
         let code = generate_code(rng);
         let normalized = normalize_code(&code).ok_or(PairingError::UnknownCode)?;
+        let pairing_id = Uuid::now_v7();
         let inserted = sqlx::query!(
             "insert into pairings (id, kind, code_hash, secret_hash, client_addr, requested_name, created_at, expires_at)
              values ($1, 'device', $2, $3, $4, $5, $6, $7)
              on conflict (code_hash) do nothing",
-            Uuid::now_v7(),
+            pairing_id,
             code_hash(&normalized),
             hash_secret(&secret),
             client_addr,
@@ -135,16 +137,33 @@ pub async fn start(
             now,
             now + PAIRING_TTL
         )
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 1 {
-            break code;
+            break (code, pairing_id);
         }
         attempts += 1;
         if attempts >= 5 {
             return Err(PairingError::TooManyPending);
         }
     };
+    audit::record(
+        &mut tx,
+        now,
+        AuditEvent {
+            actor: &Actor::Anonymous {
+                client: client_addr.to_owned(),
+            },
+            action: "pairing.start",
+            target_kind: "pairing",
+            target_id: pairing_id.to_string(),
+            reason: None,
+            outcome: Outcome::Success,
+            detail: json!({ "requested_name": requested_name }),
+        },
+    )
+    .await?;
+    tx.commit().await?;
     Ok(Started {
         code,
         secret,
@@ -644,6 +663,22 @@ pub async fn refresh(
         hash_secret(&tokens.refresh)
     )
     .execute(&mut *tx)
+    .await?;
+    audit::record(
+        &mut tx,
+        now,
+        AuditEvent {
+            actor: &Actor::System {
+                what: "session-refresh",
+            },
+            action: "session.refresh",
+            target_kind: "session",
+            target_id: session.id.to_string(),
+            reason: None,
+            outcome: Outcome::Success,
+            detail: json!({}),
+        },
+    )
     .await?;
     tx.commit().await?;
     Ok(tokens)

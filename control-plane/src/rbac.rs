@@ -55,6 +55,9 @@ pub fn permission(action: Action) -> (&'static str, &'static str) {
         Action::UsersManage => ("users", "manage"),
         Action::RolesRead => ("roles", "read"),
         Action::RolesManage => ("roles", "manage"),
+        Action::AuditRead => ("audit", "read"),
+        Action::AuditExport => ("audit", "export"),
+        Action::AuditVerify => ("audit", "verify"),
     }
 }
 

@@ -59,6 +59,8 @@ pub struct AppState {
     pub authz: Arc<crate::rbac::Authz>,
     /// Configured OpenID providers.
     pub sso: Arc<crate::oidc::Sso>,
+    /// Signs audit checkpoints.
+    pub signer: Arc<crate::audit_keys::Signer>,
 }
 
 /// Rate limits of the unauthenticated sign-in surface (`/pair/*`, `/v1/auth/refresh`).
@@ -155,7 +157,11 @@ pub async fn prepare(
             "SSO users' roles changed with the configured mapping"
         );
     }
+    let signer = crate::audit_keys::Signer::load_or_create(&pool, kek, clock.now(), &mut rng)
+        .await
+        .context("loading the audit signing key")?;
     Ok(AppState {
+        signer,
         sso,
         clock,
         ca,
@@ -192,6 +198,11 @@ pub async fn run(
         state.pool.clone(),
         state.hub.clone(),
         state.authz.clone(),
+        shutdown.clone(),
+    ));
+    let checkpoint_task = tokio::spawn(checkpoints(
+        state.clone(),
+        Duration::from_secs(config.audit_checkpoint_interval_seconds),
         shutdown.clone(),
     ));
     let grpc_task = tokio::spawn(crate::grpc::serve(
@@ -235,7 +246,7 @@ pub async fn run(
     shutdown.cancelled().await;
     tracing::info!("shutting down: draining connections");
     let drain = async {
-        let (http, grpc, _) = tokio::join!(http_task, grpc_task, listener_task);
+        let (http, grpc, _, _) = tokio::join!(http_task, grpc_task, listener_task, checkpoint_task);
         http??;
         grpc??;
         anyhow::Ok(())
@@ -245,6 +256,25 @@ pub async fn run(
         Err(_) => {
             tracing::warn!("drain deadline passed; exiting with connections still open");
             Ok(())
+        }
+    }
+}
+
+/// Signs the audit chain's head every `interval` (if it moved), so a truncation or rewrite is
+/// detectable against the last checkpoint kept elsewhere. Any replica may sign; the head only
+/// gets one checkpoint.
+async fn checkpoints(state: AppState, interval: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match crate::audit_keys::checkpoint(&state.pool, &state.signer, state.clock.now()).await {
+            Ok(Some(cp)) => tracing::debug!(seq = cp.seq, "signed an audit checkpoint"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not sign an audit checkpoint"),
         }
     }
 }

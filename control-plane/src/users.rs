@@ -128,8 +128,21 @@ pub enum UserError {
         "an SSO user's role comes from the identity provider's group mapping; change the mapping"
     )]
     RoleFromProvider,
+    #[error("{0}")]
+    Unconfirmed(crate::confirm::ConfirmError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+/// Whether a device or SSO user with this id exists (removed ones included).
+pub async fn exists(pool: &PgPool, user_id: Uuid) -> Result<bool, sqlx::Error> {
+    let found = sqlx::query_scalar!(
+        r#"select id as "id!" from devices where id = $1 union all select id from sso_users where id = $1"#,
+        user_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(found.is_some())
 }
 
 /// Sets a user's role and scope (audited with both values before and after).
@@ -187,14 +200,23 @@ pub async fn change_role(
     Ok(())
 }
 
-/// Removes a user: the device is revoked and every session of it ends now.
+/// Removes a user: the device is revoked (an SSO user disabled) and every session ends now. The
+/// confirmation token is spent in the same transaction.
 pub async fn remove(
     pool: &PgPool,
     actor: &Actor,
     user_id: Uuid,
+    reason: &str,
+    (token, intent): (&str, &crate::confirm::Intent<'_>),
     now: DateTime<Utc>,
 ) -> Result<(), UserError> {
     let mut tx = pool.begin().await?;
+    crate::confirm::redeem(&mut tx, token, intent, now)
+        .await
+        .map_err(|e| match e {
+            crate::confirm::ConfirmError::Database(d) => UserError::Database(d),
+            other => UserError::Unconfirmed(other),
+        })?;
     let device = sqlx::query_scalar!(
         "select revoked_at from devices where id = $1 for update",
         user_id
@@ -247,7 +269,7 @@ pub async fn remove(
                 action: "user.remove",
                 target_kind: "user",
                 target_id: user_id.to_string(),
-                reason: None,
+                reason: Some(reason),
                 outcome: Outcome::Success,
                 detail: json!({ "sessions_ended": ended, "kind": kind }),
             },

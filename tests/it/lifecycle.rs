@@ -19,9 +19,10 @@ async fn revoke_closes_the_stream_and_the_certificate_is_refused_afterwards() {
     let revoked_at = std::time::Instant::now();
     let (status, node) = fx
         .api
-        .post(
+        .confirmed(
+            reqwest::Method::POST,
             &format!("/v1/nodes/{node_id}/revoke"),
-            json!({ "reason": "host decommissioned" }),
+            Some(json!({ "reason": "host decommissioned" })),
         )
         .await;
     assert_eq!(status, 200, "{node}");

@@ -4,6 +4,7 @@
 // These tests drive real processes in real time, so they read the wall clock.
 #![allow(clippy::disallowed_methods)]
 
+mod audit;
 mod cli;
 mod enrollment;
 mod https;

@@ -44,7 +44,11 @@ async fn replicas_share_one_ca_and_revocation_reaches_the_replica_holding_the_st
 
     let started = std::time::Instant::now();
     let (status, _) = api_b
-        .post(&format!("/v1/nodes/{node_id}/revoke"), json!({}))
+        .confirmed(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{node_id}/revoke"),
+            Some(json!({ "reason": "replica test" })),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(

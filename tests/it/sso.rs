@@ -318,9 +318,9 @@ async fn a_user_signs_in_through_the_provider_and_sees_exactly_what_the_mapped_r
     let mallory_id = mallory["id"].as_str().unwrap().to_owned();
     let (status, _) = fx
         .api
-        .send(
+        .confirmed(
             reqwest::Method::DELETE,
-            &format!("/v1/users/{mallory_id}"),
+            &format!("/v1/users/{mallory_id}?reason=offboarded"),
             None,
         )
         .await;
@@ -722,6 +722,17 @@ async fn the_cli_signs_in_through_the_browser_and_gets_a_token_with_the_mapped_r
             .status(),
         400
     );
+    // The CLI sign-in's steps are in the audit log (the walk test in control-plane/tests
+    // cannot drive them without a provider).
+    let mut conn = fx.db.as_ref().unwrap().connect().await;
+    for action in ["sso.cli_start", "sso.cli_approve", "session.login"] {
+        let n: i64 = sqlx::query_scalar("select count(*) from audit_events where action = $1")
+            .bind(action)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert!(n >= 1, "no {action} audit row");
+    }
     assert!(ctl(&["logout"]).status.success());
     assert!(!ctl(&["whoami"]).status.success());
     fx.finish().await;

@@ -13,6 +13,17 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, sent as `Retry-After` (429).
     pub retry_after: Option<u64>,
+    /// A 428's confirmation token, for the caller to repeat the call with.
+    pub confirmation: Option<Box<Confirmation>>,
+}
+
+/// What a 428 offers: the token, and what it confirms.
+#[derive(Debug, Clone, Serialize)]
+pub struct Confirmation {
+    pub confirmation_token: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub action: &'static str,
+    pub target: String,
 }
 
 /// The wire form, as in the seed contract's `Error` schema.
@@ -20,6 +31,8 @@ pub struct ApiError {
 pub struct ErrorBody<'a> {
     pub code: &'a str,
     pub message: &'a str,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub confirmation: Option<&'a Confirmation>,
 }
 
 impl ApiError {
@@ -29,6 +42,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            confirmation: None,
         }
     }
 
@@ -77,6 +91,7 @@ impl IntoResponse for ApiError {
         let body = Json(ErrorBody {
             code: self.code,
             message: &self.message,
+            confirmation: self.confirmation.as_deref(),
         });
         let mut response = (self.status, body).into_response();
         if let Some(seconds) = self.retry_after

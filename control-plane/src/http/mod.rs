@@ -2,6 +2,8 @@
 //! also records `(method, path)`, so a test can prove the router and `api/openapi.yaml` agree.
 
 mod api_tokens;
+mod audit;
+mod confirm;
 mod enrollment_tokens;
 pub mod error;
 pub mod extract;
@@ -87,6 +89,20 @@ fn table() -> RouteTable {
         "/v1/users/{user_id}/sessions",
         get(users::sessions),
     )
+    .add(Method::GET, "/v1/audit", get(audit::list))
+    .add(Method::GET, "/v1/audit/export", get(audit::export))
+    .add(Method::GET, "/v1/audit/verify", get(audit::verify))
+    .add(Method::POST, "/v1/audit/verify", post(audit::verify_with))
+    .add(
+        Method::GET,
+        "/v1/audit/checkpoints",
+        get(audit::checkpoints),
+    )
+    .add(
+        Method::POST,
+        "/v1/audit/checkpoints",
+        post(audit::create_checkpoint),
+    )
     .add(Method::GET, "/v1/roles", get(roles::list))
     .add(Method::PUT, "/v1/roles/{role}", put(roles::put))
     .add(Method::DELETE, "/v1/roles/{role}", delete(roles::remove))
@@ -157,8 +173,35 @@ pub fn router(state: AppState) -> Router {
             axum::http::header::CACHE_CONTROL,
             axum::http::HeaderValue::from_static("no-store"),
         ))
+        .layer(axum::middleware::from_fn(request_id))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Every request gets an id — the caller's `X-Request-Id` if it is short and plain (a proxy's),
+/// else a fresh one — echoed in the response and written to the audit rows it causes.
+async fn request_id(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let mut response = crate::audit::REQUEST_ID
+        .scope(id.clone(), next.run(request))
+        .await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 async fn not_found() -> ApiError {

@@ -220,6 +220,7 @@ pub struct RevokeRequest {
 pub async fn revoke(
     State(state): State<AppState>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     ApiPath(node_id): ApiPath<Uuid>,
     OptionalJson(body): OptionalJson<RevokeRequest>,
 ) -> ApiResult<Json<NodeView>> {
@@ -230,8 +231,27 @@ pub async fn revoke(
             "reason must be at most {MAX_REASON_LEN} characters, without control characters"
         )));
     }
+    if reason.trim().is_empty() {
+        return Err(ApiError::validation(
+            "reason is required: revoking a node is destructive, say why",
+        ));
+    }
+    // Out of scope or unknown: 404 before any confirmation is offered.
+    let labels = load(&state, node_id).await?.labels();
+    principal.authorize_node(Action::NodesRevoke, &labels)?;
+    let params = json!({ "reason": reason });
+    let intent = crate::confirm::Intent {
+        actor: &principal.actor,
+        action: "node.revoke",
+        target: node_id.to_string(),
+        params: &params,
+    };
+    let token = super::confirm::token_or_428(&state, &headers, &intent).await?;
     let now = state.clock.now();
     let mut tx = state.pool.begin().await?;
+    crate::confirm::redeem(&mut tx, &token, &intent, now)
+        .await
+        .map_err(super::confirm::confirm_error)?;
     let row = sqlx::query!(
         "select revoked_at, labels from nodes where id = $1 for update",
         node_id

@@ -17,6 +17,7 @@ fn user_error(e: UserError) -> ApiError {
         UserError::NotFound => ApiError::not_found("no such user"),
         UserError::Invalid(m) => ApiError::validation(m),
         e @ UserError::RoleFromProvider => ApiError::conflict(e.to_string()),
+        UserError::Unconfirmed(c) => super::confirm::confirm_error(c),
         UserError::Database(d) => ApiError::from(d),
     }
 }
@@ -112,14 +113,51 @@ pub async fn change(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    /// Why (required: removing a user is destructive).
+    #[serde(default)]
+    pub reason: String,
+}
+
 pub async fn remove(
     State(state): State<AppState>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     ApiPath(user_id): ApiPath<Uuid>,
+    super::extract::ApiQuery(query): super::extract::ApiQuery<RemoveQuery>,
 ) -> ApiResult<StatusCode> {
     authorize_change(&principal, user_id, None)?;
-    users::remove(&state.pool, &principal.actor, user_id, state.clock.now())
-        .await
-        .map_err(user_error)?;
+    let reason = query.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+        return Err(ApiError::validation(
+            "reason is required (at most 500 characters, no control characters): removing a user is destructive",
+        ));
+    }
+    if !users::exists(&state.pool, user_id).await? {
+        return Err(ApiError::not_found("no such user"));
+    }
+    let params = serde_json::json!({ "reason": reason });
+    let intent = crate::confirm::Intent {
+        actor: &principal.actor,
+        action: "user.remove",
+        target: user_id.to_string(),
+        params: &params,
+    };
+    let token = super::confirm::token_or_428(&state, &headers, &intent).await?;
+    users::remove(
+        &state.pool,
+        &principal.actor,
+        user_id,
+        reason,
+        (&token, &intent),
+        state.clock.now(),
+    )
+    .await
+    .map_err(|e| match e {
+        UserError::Unconfirmed(c) => super::confirm::confirm_error(c),
+        other => user_error(other),
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,6 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod audit;
+mod audit_walk;
+mod confirm;
 mod contract;
 mod matrix;
 mod pairing;
@@ -34,6 +37,14 @@ pub async fn state(pool: PgPool) -> (AppState, ManualClock) {
     let clock = ManualClock::new(t0());
     let (ca, _) = CertificateAuthority::generate(t0()).unwrap();
     let authz = moltops_server::rbac::Authz::load(&pool).await.unwrap();
+    let signer = moltops_server::audit_keys::Signer::load_or_create(
+        &pool,
+        &moltops_server::crypto::KeyEncryptionKey::from_bytes([1; 32]),
+        t0(),
+        &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1),
+    )
+    .await
+    .unwrap();
     let state = AppState {
         authz,
         pool,
@@ -51,6 +62,7 @@ pub async fn state(pool: PgPool) -> (AppState, ManualClock) {
             trusted_proxies: vec!["10.9.9.9".parse().unwrap()],
         }),
         limits: Arc::new(moltops_server::serve::Limits::default()),
+        signer,
         sso: Arc::new(
             moltops_server::oidc::Sso::new(Vec::new(), Some("http://cp.example:7337".into()))
                 .unwrap(),
@@ -92,6 +104,32 @@ pub async fn call(
         .0
 }
 
+/// A destructive call: expects 428 with a confirmation token, then repeats it with the token.
+pub async fn call_confirmed(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    let (status, answer) = call(state, method, path, token, body).await;
+    if status != StatusCode::PRECONDITION_REQUIRED {
+        return (status, answer);
+    }
+    let confirmation = answer["confirmation_token"].as_str().unwrap().to_owned();
+    call_from(
+        state,
+        "192.0.2.1:40000",
+        &[("x-confirmation-token", &confirmation)],
+        method,
+        path,
+        token,
+        body,
+    )
+    .await
+    .0
+}
+
 /// Sends one request from `peer` with extra `headers`; also returns the response headers.
 pub async fn call_from(
     state: &AppState,
@@ -128,7 +166,9 @@ pub async fn call_from(
     let value = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap()
+        // JSON, or (an export's JSON Lines, a page) the text itself.
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     ((status, value), response_headers)
 }

@@ -200,7 +200,13 @@ fn matrix() -> Vec<Row> {
             NodesWrite,
             Node,
         ),
-        row("post", "/v1/nodes/{node_id}/revoke", None, Admin, Node),
+        row(
+            "post",
+            "/v1/nodes/{node_id}/revoke",
+            Some(r#"{"reason": "matrix"}"#),
+            Admin,
+            Node,
+        ),
         row("get", "/v1/nodes/{node_id}/system/info", None, Viewer, Node),
         row("post", "/v1/nodes/{node_id}/ping", None, Admin, Node),
         row(
@@ -237,6 +243,18 @@ fn matrix() -> Vec<Row> {
             Fleet,
         ),
         row("delete", "/v1/api-tokens/{token_id}", None, Owner, Fleet),
+        row("get", "/v1/audit", None, Admin, Unscoped),
+        row("get", "/v1/audit/export", None, Admin, Unscoped),
+        row("get", "/v1/audit/verify", None, Admin, Unscoped),
+        row(
+            "post",
+            "/v1/audit/verify",
+            Some(r#"{"checkpoints": []}"#),
+            Admin,
+            Unscoped,
+        ),
+        row("get", "/v1/audit/checkpoints", None, Admin, Unscoped),
+        row("post", "/v1/audit/checkpoints", None, Admin, Unscoped),
         row("get", "/v1/roles", None, Admin, Fleet),
         row(
             "put",
@@ -371,6 +389,12 @@ async fn the_policy_enforced_on_every_route_matches_the_matrix(pool: PgPool) {
                     .replace("{user_id}", OTHER)
                     .replace("{role}", "matrix-role")
                     .replace("{provider}", "corp");
+                // Destructive operations say why.
+                let path = if row.method == "delete" && row.route == "/v1/users/{user_id}" {
+                    format!("{path}?reason=matrix")
+                } else {
+                    path
+                };
                 let cookie;
                 let (headers, bearer): (Vec<(&str, &str)>, Option<&str>) = match auth {
                     Auth::None => (vec![], None),
@@ -396,7 +420,10 @@ async fn the_policy_enforced_on_every_route_matches_the_matrix(pool: PgPool) {
                 // On an existing node, allowed means success; elsewhere, anything but a refusal
                 // of the caller (the objects there may legitimately not exist).
                 let allowed = match row.target {
-                    Target::Node => status.is_success(),
+                    // 428: authorized, and now asked to confirm (a destructive operation).
+                    Target::Node => {
+                        status.is_success() || status == StatusCode::PRECONDITION_REQUIRED
+                    }
                     Target::Fleet | Target::Unscoped => {
                         status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN
                     }

@@ -6,7 +6,7 @@ use moltops_server::auth::Role;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::{call, call_from, state, token};
+use crate::{call, call_confirmed, call_from, state, token};
 
 async fn start(state: &moltops_server::serve::AppState) -> (String, String) {
     let (status, started) = call(
@@ -475,7 +475,7 @@ async fn owners_manage_api_tokens_and_revocation_is_immediate(pool: PgPool) {
 }
 
 /// Pairs a device with `role`, approved by `owner`; returns (device id, access token, refresh token).
-async fn paired_device(
+pub async fn paired_device(
     state: &moltops_server::serve::AppState,
     owner: &str,
     role: &str,
@@ -595,7 +595,15 @@ async fn role_changes_apply_on_the_next_request_and_removal_ends_every_session(p
 
     // Removed: access and refresh tokens stop working at once.
     assert_eq!(
-        call(&state, "DELETE", &path, Some(&owner), None).await.0,
+        call_confirmed(
+            &state,
+            "DELETE",
+            &format!("{path}?reason=left"),
+            Some(&owner),
+            None
+        )
+        .await
+        .0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
@@ -739,10 +747,10 @@ async fn an_approval_dies_with_its_approver_and_nobody_grants_above_their_role(p
         StatusCode::OK
     );
     assert_eq!(
-        call(
+        call_confirmed(
             &state,
             "DELETE",
-            &format!("/v1/users/{admin_id}"),
+            &format!("/v1/users/{admin_id}?reason=demoted"),
             Some(&owner),
             None
         )
