@@ -85,6 +85,9 @@ pub struct FileConfig {
     pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
     pub public_url: Option<String>,
     pub audit_checkpoint_interval_seconds: Option<u64>,
+    /// `[audit_forward]`: ship the audit log to syslog (TCP) and/or a webhook.
+    #[serde(default)]
+    pub audit_forward: Option<crate::audit_forward::ForwardConfig>,
     /// `[[oidc]]` tables: OpenID providers for single sign-on.
     #[serde(default)]
     pub oidc: Vec<crate::oidc::ProviderConfig>,
@@ -111,6 +114,7 @@ pub struct Config {
     pub oidc: Vec<crate::oidc::ProviderConfig>,
     /// How often the audit chain's head is signed.
     pub audit_checkpoint_interval_seconds: u64,
+    pub audit_forward: crate::audit_forward::ForwardConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -256,7 +260,10 @@ impl ServeArgs {
                 "audit_checkpoint_interval_seconds must be between 1 and 86400".into(),
             ));
         }
+        let audit_forward = file.audit_forward.unwrap_or_default();
+        audit_forward.validate().map_err(ConfigError::Invalid)?;
         Ok(Config {
+            audit_forward,
             audit_checkpoint_interval_seconds,
             public_url,
             oidc: file.oidc,

@@ -6,6 +6,7 @@
 
 pub mod api_tokens;
 pub mod audit;
+pub mod audit_forward;
 pub mod audit_keys;
 pub mod auth;
 pub mod ca;

@@ -200,6 +200,11 @@ pub async fn run(
         state.authz.clone(),
         shutdown.clone(),
     ));
+    let forward_task = tokio::spawn(crate::audit_forward::run(
+        state.pool.clone(),
+        config.audit_forward.clone(),
+        shutdown.clone(),
+    ));
     let checkpoint_task = tokio::spawn(checkpoints(
         state.clone(),
         Duration::from_secs(config.audit_checkpoint_interval_seconds),
@@ -246,7 +251,13 @@ pub async fn run(
     shutdown.cancelled().await;
     tracing::info!("shutting down: draining connections");
     let drain = async {
-        let (http, grpc, _, _) = tokio::join!(http_task, grpc_task, listener_task, checkpoint_task);
+        let (http, grpc, _, _, _) = tokio::join!(
+            http_task,
+            grpc_task,
+            listener_task,
+            checkpoint_task,
+            forward_task
+        );
         http??;
         grpc??;
         anyhow::Ok(())
