@@ -54,6 +54,22 @@ async fn token_to_online_node_with_labels_system_info_and_pong() {
         pong["result"]["pong"]["agent_version"],
         env!("CARGO_PKG_VERSION")
     );
+    // The agent's result is in the audit log, from the agent, authenticated by its certificate,
+    // and found through the audit API.
+    let (status, page) = fx
+        .api
+        .get(&format!(
+            "/v1/audit?action=command.result&target_id={}",
+            pong["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let row = &page["items"][0];
+    assert_eq!(row["actor_kind"], "agent");
+    assert_eq!(row["actor_id"], node_id.as_str());
+    assert_eq!(row["auth_method"], "mtls");
+    let (_, verified) = fx.api.get("/v1/audit/verify").await;
+    assert_eq!(verified["ok"], true, "{verified}");
 
     // SIGTERM: a clean exit, and the control plane sees the stream end at once.
     let status = agent.stop();
