@@ -196,6 +196,17 @@ pub enum SsoError {
 #[error("{0}")]
 pub struct HttpError(String);
 
+/// A client built from discovery: authorization endpoint known, token and userinfo endpoints
+/// as the provider published them.
+type Client = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
 type HttpFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<openidconnect::HttpResponse, HttpError>> + Send>,
 >;
@@ -377,6 +388,22 @@ impl Sso {
         }
     }
 
+    /// The provider's OAuth client, from its (cached) discovery document, with our redirect URI.
+    async fn client(&self, provider: &Provider, now: DateTime<Utc>) -> Result<Client, SsoError> {
+        let metadata = self.metadata(provider, now).await?;
+        let redirect = RedirectUrl::new(self.redirect_uri(&provider.config.name))
+            .map_err(|e| SsoError::Unavailable(format!("redirect URI: {e}")))?;
+        Ok(CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(provider.config.client_id.clone()),
+            provider
+                .client_secret
+                .as_ref()
+                .map(|s| ClientSecret::new(s.to_string())),
+        )
+        .set_redirect_uri(redirect))
+    }
+
     /// Starts a sign-in: records it and returns the provider's authorization URL and the binding
     /// cookie (name, value) to set in the browser.
     pub async fn begin(
@@ -388,18 +415,7 @@ impl Sso {
         rng: &mut (dyn RngCore + Send),
     ) -> Result<(String, String, Zeroizing<String>), SsoError> {
         let provider = self.provider(provider_name)?;
-        let metadata = self.metadata(provider, now).await?;
-        let redirect = RedirectUrl::new(self.redirect_uri(provider_name))
-            .map_err(|e| SsoError::Unavailable(format!("redirect URI: {e}")))?;
-        let client = CoreClient::from_provider_metadata(
-            metadata,
-            ClientId::new(provider.config.client_id.clone()),
-            provider
-                .client_secret
-                .as_ref()
-                .map(|s| ClientSecret::new(s.to_string())),
-        )
-        .set_redirect_uri(redirect);
+        let client = self.client(provider, now).await?;
         // 32 random bytes, base64url: a valid PKCE verifier (43 characters).
         let verifier = random_b64(rng, 32);
         let state = random_b64(rng, 32);
@@ -485,18 +501,7 @@ impl Sso {
         if !crate::pairing::constant_time_eq(&hash_secret(&verifier), &login.browser_hash) {
             return Err(SsoError::WrongBrowser);
         }
-        let metadata = self.metadata(provider, now).await?;
-        let redirect = RedirectUrl::new(self.redirect_uri(provider_name))
-            .map_err(|e| SsoError::Unavailable(format!("redirect URI: {e}")))?;
-        let client = CoreClient::from_provider_metadata(
-            metadata,
-            ClientId::new(provider.config.client_id.clone()),
-            provider
-                .client_secret
-                .as_ref()
-                .map(|s| ClientSecret::new(s.to_string())),
-        )
-        .set_redirect_uri(redirect);
+        let client = self.client(provider, now).await?;
         let http = self.http_client();
         let response = client
             .exchange_code(AuthorizationCode::new(code.clone()))
