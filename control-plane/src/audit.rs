@@ -244,7 +244,11 @@ pub async fn record(
 }
 
 /// Rows with `seq > after`, in order, at most `limit`.
-pub async fn rows_after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<Row>, sqlx::Error> {
+pub async fn rows_after<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as!(
         Row,
         "select seq, id, occurred_at, actor_kind, actor_id, auth_method, action, target_kind,
@@ -253,7 +257,7 @@ pub async fn rows_after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<Row
         after,
         limit
     )
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await
 }
 
@@ -293,9 +297,10 @@ pub async fn verify(
     keys: &crate::audit_keys::PublicKeys,
 ) -> Result<Verification, sqlx::Error> {
     const BATCH: i64 = 1000;
-    let chain_start: i64 = sqlx::query_scalar!("select chain_start from audit_head where id")
+    let head = sqlx::query!("select seq, hash, chain_start, legacy_rows from audit_head where id")
         .fetch_one(pool)
         .await?;
+    let chain_start = head.chain_start;
     let unchained = sqlx::query_scalar!(
         r#"select count(*) as "n!" from audit_events where seq < $1"#,
         chain_start
@@ -318,6 +323,16 @@ pub async fn verify(
         }
         result.ok = false;
     };
+    if unchained != head.legacy_rows {
+        fail(
+            &mut result,
+            0,
+            format!(
+                "{} rows sit before the chain, but {} did when it began: rows were slipped in below it",
+                unchained, head.legacy_rows
+            ),
+        );
+    }
     // Checkpoints by sequence number; each is checked when the walk reaches it.
     let mut pending: Vec<&Checkpoint> = checkpoints.iter().collect();
     pending.sort_by_key(|c| c.seq);
@@ -387,6 +402,20 @@ pub async fn verify(
             }
             prev = computed;
         }
+    }
+    // The head must be the last row: otherwise rows were cut from the end (or added past it).
+    if result.first_bad_seq.is_none()
+        && (head.seq != result.head_seq || (head.seq >= chain_start && head.hash != prev))
+    {
+        let last = result.head_seq;
+        fail(
+            &mut result,
+            last.min(head.seq) + 1,
+            format!(
+                "the chain head says row {} but the last row is {last}: rows were removed from the end",
+                head.seq
+            ),
+        );
     }
     // Checkpoints beyond the end: the tail was cut off.
     for cp in pending {

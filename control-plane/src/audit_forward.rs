@@ -252,13 +252,15 @@ pub async fn run(pool: PgPool, config: ForwardConfig, shutdown: CancellationToke
                 continue;
             }
         };
-        let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+        let locked: Result<bool, _> = sqlx::query_scalar("select pg_try_advisory_lock($1)")
             .bind(crate::db::ADVISORY_LOCK_AUDIT_FORWARD)
             .fetch_one(&mut *conn)
-            .await
-            .unwrap_or(false);
-        if !locked {
-            drop(conn);
+            .await;
+        if !matches!(locked, Ok(true)) {
+            if locked.is_err() {
+                // Unknown whether we hold it: close the connection rather than pool it.
+                let _ = conn.detach();
+            }
             if wait(&shutdown, poll).await {
                 return;
             }
@@ -271,7 +273,7 @@ pub async fn run(pool: PgPool, config: ForwardConfig, shutdown: CancellationToke
                 if not_before.is_some_and(|t| tokio::time::Instant::now() < t) {
                     continue;
                 }
-                match forward_batch(&pool, sink, batch).await {
+                match forward_batch(&mut conn, sink, batch).await {
                     Ok(sent) => {
                         *not_before = None;
                         *backoff = Duration::ZERO;
@@ -292,10 +294,12 @@ pub async fn run(pool: PgPool, config: ForwardConfig, shutdown: CancellationToke
                 break true;
             }
         };
+        // Never hand a connection that may still hold the lock back to the pool.
         let _ = sqlx::query("select pg_advisory_unlock($1)")
             .bind(crate::db::ADVISORY_LOCK_AUDIT_FORWARD)
             .execute(&mut *conn)
             .await;
+        let _ = conn.detach();
         if stop {
             return;
         }
@@ -310,33 +314,45 @@ async fn wait(shutdown: &CancellationToken, period: Duration) -> bool {
     }
 }
 
-/// Sends the next batch after the sink's cursor; returns how many rows went.
-async fn forward_batch(pool: &PgPool, sink: &mut Sink, batch: i64) -> Result<usize, SinkError> {
-    let now: DateTime<Utc> = sqlx::query_scalar("select now()").fetch_one(pool).await?;
+/// Sends the next batch after the sink's cursor; returns how many rows went. Runs on the
+/// connection that holds the forwarding lock: if that connection is gone, so is the right to
+/// forward, and the loop stops.
+async fn forward_batch(
+    conn: &mut sqlx::PgConnection,
+    sink: &mut Sink,
+    batch: i64,
+) -> Result<usize, SinkError> {
+    let now: DateTime<Utc> = sqlx::query_scalar("select now()")
+        .fetch_one(&mut *conn)
+        .await?;
     sqlx::query(
         "insert into audit_forward_cursors (sink, last_seq, updated_at) values ($1, 0, $2)
          on conflict (sink) do nothing",
     )
     .bind(sink.name())
     .bind(now)
-    .execute(pool)
+    .execute(&mut *conn)
     .await?;
     let after: i64 =
         sqlx::query_scalar("select last_seq from audit_forward_cursors where sink = $1")
             .bind(sink.name())
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
-    let rows = crate::audit::rows_after(pool, after, batch).await?;
+    let rows = crate::audit::rows_after(&mut *conn, after, batch).await?;
     let Some(last) = rows.last().map(|r| r.seq) else {
         return Ok(0);
     };
     sink.send(&rows).await?;
-    sqlx::query("update audit_forward_cursors set last_seq = $2, updated_at = $3 where sink = $1")
-        .bind(sink.name())
-        .bind(last)
-        .bind(now)
-        .execute(pool)
-        .await?;
+    // Only forward: a cursor never moves back.
+    sqlx::query(
+        "update audit_forward_cursors set last_seq = $2, updated_at = $3
+         where sink = $1 and last_seq < $2",
+    )
+    .bind(sink.name())
+    .bind(last)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
     Ok(rows.len())
 }
 

@@ -157,13 +157,12 @@ pub struct PublicKeys {
 }
 
 impl PublicKeys {
-    pub async fn load(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        let rows = sqlx::query!("select id, public_key from audit_signing_keys")
-            .fetch_all(pool)
-            .await?;
-        Ok(Self {
-            keys: rows.into_iter().map(|r| (r.id, r.public_key)).collect(),
-        })
+    /// Only this control plane's own key: a key merely found in the database proves nothing
+    /// (whoever can write the database can add one).
+    pub fn of(signer: &Signer) -> Self {
+        Self {
+            keys: vec![(signer.id.clone(), signer.public_key())],
+        }
     }
 
     pub fn from_keys(keys: Vec<(String, Vec<u8>)>) -> Self {
@@ -198,17 +197,71 @@ fn key_id_matches(id: &str, public: &[u8]) -> bool {
     key_id(public) == id
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("refusing to sign: {0}")]
+    Tampered(String),
+}
+
 /// Signs the current chain head if it moved since the last checkpoint; returns the checkpoint.
+/// The rows since the last checkpoint are verified first: the key never signs a head that does
+/// not follow from what it signed before (so rewriting rows and the head in the database does
+/// not earn a genuine signature).
 pub async fn checkpoint(
     pool: &PgPool,
     signer: &Signer,
     now: DateTime<Utc>,
-) -> Result<Option<Checkpoint>, sqlx::Error> {
+) -> Result<Option<Checkpoint>, CheckpointError> {
     let head = sqlx::query!("select seq, hash, chain_start from audit_head where id")
         .fetch_one(pool)
         .await?;
     if head.seq < head.chain_start {
         return Ok(None);
+    }
+    let last = stored(pool).await?.pop();
+    let (mut after, mut prev) = match &last {
+        Some(cp) => {
+            let hash = hex::decode(&cp.hash).unwrap_or_default();
+            let signature = STANDARD.decode(&cp.signature).unwrap_or_default();
+            PublicKeys::of(signer)
+                .verify(&cp.key_id, cp.seq, &hash, cp.signed_at, &signature)
+                .map_err(|e| CheckpointError::Tampered(format!("the last checkpoint: {e}")))?;
+            (cp.seq, hash)
+        }
+        None => (head.chain_start - 1, crate::audit::GENESIS.to_vec()),
+    };
+    if after >= head.seq {
+        return Ok(None);
+    }
+    while after < head.seq {
+        let rows = crate::audit::rows_after(pool, after, 1000).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for row in rows.iter().take_while(|r| r.seq <= head.seq) {
+            let computed = crate::audit::chain_hash(&prev, row);
+            if row.seq != after + 1
+                || row.prev_hash.as_deref() != Some(prev.as_slice())
+                || row.hash.as_deref() != Some(computed.as_slice())
+            {
+                return Err(CheckpointError::Tampered(format!(
+                    "row {} does not follow from the last signed checkpoint",
+                    after + 1
+                )));
+            }
+            after = row.seq;
+            prev = computed;
+        }
+        if rows.last().is_some_and(|r| r.seq > head.seq) {
+            break;
+        }
+    }
+    if after != head.seq || prev != head.hash {
+        return Err(CheckpointError::Tampered(
+            "the chain head does not match its rows".into(),
+        ));
     }
     let checkpoint = signer.sign(head.seq, &head.hash, now);
     let signature = STANDARD.decode(&checkpoint.signature).unwrap_or_default();

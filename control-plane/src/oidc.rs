@@ -726,7 +726,7 @@ async fn record_user(
         }
         None => {
             // Two first sign-ins of one person at once: the loser retries (and finds the row).
-            sqlx::query_scalar!(
+            let id = sqlx::query_scalar!(
                 "insert into sso_users (id, provider, issuer, subject, email, name, groups, role, scope,
                                         created_at, last_login_at)
                  values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
@@ -744,7 +744,28 @@ async fn record_user(
             )
             .fetch_optional(&mut *tx)
             .await?
-            .ok_or(SsoError::RaceLost)?
+            .ok_or(SsoError::RaceLost)?;
+            audit::record(
+                &mut tx,
+                now,
+                AuditEvent {
+                    actor: &Actor::System { what: "sso" },
+                    action: "user.create",
+                    target_kind: "user",
+                    target_id: id.to_string(),
+                    reason: Some("first sign-in through the identity provider"),
+                    outcome: Outcome::Success,
+                    detail: json!({
+                        "provider": config.name,
+                        "issuer": identity.issuer,
+                        "subject": identity.subject,
+                        "role": rule.role.as_str(),
+                        "scope": rule.scope,
+                    }),
+                },
+            )
+            .await?;
+            id
         }
     };
     tx.commit().await?;

@@ -285,7 +285,7 @@ async fn checkpoints(state: AppState, interval: Duration, shutdown: Cancellation
         match crate::audit_keys::checkpoint(&state.pool, &state.signer, state.clock.now()).await {
             Ok(Some(cp)) => tracing::debug!(seq = cp.seq, "signed an audit checkpoint"),
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "could not sign an audit checkpoint"),
+            Err(e) => tracing::error!(error = %e, "could not sign an audit checkpoint"),
         }
     }
 }

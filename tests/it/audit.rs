@@ -91,6 +91,7 @@ struct Collector {
     address: std::net::SocketAddr,
     messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Collector {
@@ -98,13 +99,15 @@ impl Collector {
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let address = listener.local_addr().unwrap();
         let sink = messages.clone();
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tracked = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else {
                     return;
                 };
                 let sink = sink.clone();
-                tokio::spawn(async move {
+                let handle = tokio::spawn(async move {
                     use tokio::io::AsyncReadExt;
                     let mut buffer = Vec::new();
                     let mut chunk = [0u8; 8192];
@@ -133,18 +136,23 @@ impl Collector {
                         }
                     }
                 });
+                tracked.lock().unwrap().push(handle);
             }
         });
         Self {
             address,
             messages,
             task,
+            connections,
         }
     }
 
     /// Closes the listener and every connection (the collector goes away).
     fn stop(self) -> std::net::SocketAddr {
         self.task.abort();
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
         self.address
     }
 
@@ -315,6 +323,14 @@ async fn the_log_is_shipped_to_syslog_and_a_webhook_and_catches_up_after_an_outa
         assert_eq!(fx.api.post("/v1/enrollment-tokens", json!({})).await.0, 201);
     }
     let n = head(&fx).await;
+    // The outage is real: the forwarder fails and backs off before the collector returns.
+    moltops_e2e::wait_for("the forwarder notices the collector is gone", || async {
+        fx.server()
+            .log_text()
+            .contains("audit forwarding failed")
+            .then_some(())
+    })
+    .await;
     let collector = Collector::start(&address.to_string(), messages.clone()).await;
     moltops_e2e::wait_for("syslog caught up after the outage", || async {
         let seqs = collector.seqs();

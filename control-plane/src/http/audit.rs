@@ -151,7 +151,16 @@ pub async fn create_checkpoint(
 ) -> ApiResult<Response> {
     authorize(&principal, Action::AuditExport)?;
     let now = state.clock.now();
-    if let Some(cp) = audit_keys::checkpoint(&state.pool, &state.signer, now).await? {
+    let signed = audit_keys::checkpoint(&state.pool, &state.signer, now)
+        .await
+        .map_err(|e| match e {
+            audit_keys::CheckpointError::Database(d) => ApiError::from(d),
+            tampered @ audit_keys::CheckpointError::Tampered(_) => {
+                tracing::error!(error = %tampered, "audit chain tampered");
+                ApiError::conflict(tampered.to_string())
+            }
+        })?;
+    if let Some(cp) = signed {
         // Recorded after signing (the record itself moves the head past the checkpoint).
         let mut tx = state.pool.begin().await?;
         audit::record(
@@ -185,7 +194,7 @@ pub async fn verify(
 ) -> ApiResult<Json<Verification>> {
     authorize(&principal, Action::AuditVerify)?;
     let stored = audit_keys::stored(&state.pool).await?;
-    let keys = PublicKeys::load(&state.pool).await?;
+    let keys = PublicKeys::of(&state.signer);
     Ok(Json(audit::verify(&state.pool, &stored, &keys).await?))
 }
 
@@ -210,7 +219,7 @@ pub async fn verify_with(
     all.extend(body.checkpoints);
     all.sort_by_key(|c| c.seq);
     all.dedup();
-    let keys = PublicKeys::load(&state.pool).await?;
+    let keys = PublicKeys::of(&state.signer);
     Ok(Json(audit::verify(&state.pool, &all, &keys).await?))
 }
 

@@ -173,20 +173,38 @@ pub fn router(state: AppState) -> Router {
             axum::http::header::CACHE_CONTROL,
             axum::http::HeaderValue::from_static("no-store"),
         ))
-        .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_id,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Every request gets an id — the caller's `X-Request-Id` if it is short and plain (a proxy's),
-/// else a fresh one — echoed in the response and written to the audit rows it causes.
+/// Every request gets an id — a trusted proxy's `X-Request-Id` if it is short and plain, else a
+/// fresh one — echoed in the response and written to the audit rows it causes. (A client cannot
+/// choose the id its actions are recorded under.)
 async fn request_id(
+    axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use crate::http_tls::ClientAddr;
+    use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
+    let extensions = request.extensions();
+    let peer = extensions
+        .get::<ConnectInfo<ClientAddr>>()
+        .map(|c| c.0.0)
+        .or_else(|| {
+            extensions
+                .get::<MockConnectInfo<ClientAddr>>()
+                .map(|m| m.0.0)
+        });
+    let from_proxy = peer.is_some_and(|p| state.settings.trusted_proxies.contains(&p.ip()));
     let id = request
         .headers()
         .get("x-request-id")
+        .filter(|_| from_proxy)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty()

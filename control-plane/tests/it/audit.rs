@@ -36,8 +36,14 @@ async fn append(pool: &PgPool, n: i64, commit: bool) {
     }
 }
 
+/// The control plane's own key, as `state()` creates (or loads) it for this database.
+async fn keys(pool: &PgPool) -> PublicKeys {
+    let (state, _) = state(pool.clone()).await;
+    PublicKeys::of(&state.signer)
+}
+
 async fn verify(pool: &PgPool) -> audit::Verification {
-    let keys = PublicKeys::load(pool).await.unwrap();
+    let keys = keys(pool).await;
     let stored = audit_keys::stored(pool).await.unwrap();
     audit::verify(pool, &stored, &keys).await.unwrap()
 }
@@ -299,7 +305,7 @@ async fn a_consistent_rewrite_is_detected_by_a_checkpoint_even_one_kept_elsewher
         "without any checkpoint a full rewrite is undetectable"
     );
     // — but a checkpoint exported earlier still catches it.
-    let keys = PublicKeys::load(&pool).await.unwrap();
+    let keys = keys(&pool).await;
     let result = audit::verify(&pool, &exported, &keys).await.unwrap();
     broken_at(&result, 10, "rewritten");
 }
@@ -307,7 +313,7 @@ async fn a_consistent_rewrite_is_detected_by_a_checkpoint_even_one_kept_elsewher
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
 async fn a_forged_checkpoint_is_refused(pool: PgPool) {
     seeded(&pool).await;
-    let keys = PublicKeys::load(&pool).await.unwrap();
+    let keys = keys(&pool).await;
     let mut forged = audit_keys::stored(&pool).await.unwrap();
     forged[0].seq = 9;
     let result = audit::verify(&pool, &forged, &keys).await.unwrap();
@@ -317,4 +323,90 @@ async fn a_forged_checkpoint_is_refused(pool: PgPool) {
     let other = intruder.sign(20, head[0].hash.as_deref().unwrap(), t0());
     let result = audit::verify(&pool, &[other], &keys).await.unwrap();
     broken_at(&result, 20, "unknown key");
+}
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn nobody_slips_rows_beside_the_chain_or_moves_its_head_without_disabling_triggers(
+    pool: PgPool,
+) {
+    append(&pool, 1, true).await;
+    for statement in [
+        "insert into audit_events (seq, id, occurred_at, actor_kind, actor_id, action, target_kind, target_id, outcome)
+         values (0, gen_random_uuid(), now(), 'system', 'x', 'forged', 't', 't', 'success')",
+        "insert into audit_events (seq, id, occurred_at, actor_kind, actor_id, action, target_kind, target_id, outcome, prev_hash, hash)
+         values (5, gen_random_uuid(), now(), 'system', 'x', 'forged', 't', 't', 'success', '\\x00', '\\x00')",
+        "update audit_head set chain_start = 1000",
+        "update audit_head set seq = seq + 5",
+        "delete from audit_head",
+        "truncate audit_head",
+    ] {
+        let error = sqlx::query(statement).execute(&pool).await.unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("only") || text.contains("refused") || text.contains("append-only"),
+            "{statement}: {text}"
+        );
+    }
+    assert!(verify(&pool).await.ok);
+}
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn rows_slipped_below_the_chain_are_detected(pool: PgPool) {
+    append(&pool, 1, true).await;
+    tamper(
+        &pool,
+        &["insert into audit_events (seq, id, occurred_at, actor_kind, actor_id, action, target_kind, target_id, outcome)
+           values (0, gen_random_uuid(), now(), 'system', 'x', 'forged', 't', 't', 'success')"],
+    )
+    .await;
+    broken_at(&verify(&pool).await, 0, "slipped in below");
+}
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn a_cut_tail_is_detected_even_before_any_checkpoint(pool: PgPool) {
+    for n in 1..=5 {
+        append(&pool, n, true).await;
+    }
+    tamper(&pool, &["delete from audit_events where seq > 3"]).await;
+    broken_at(&verify(&pool).await, 4, "removed from the end");
+}
+
+#[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
+async fn the_key_never_signs_a_head_that_does_not_follow_from_its_last_checkpoint(pool: PgPool) {
+    let signer = seeded(&pool).await;
+    for n in 21..=25 {
+        append(&pool, n, true).await;
+    }
+    // Rewrite row 12 (before the checkpoint at 20) and every hash after it, head included:
+    // consistent, but not what the key signed.
+    let mut rows = audit::rows_after(&pool, 10, 100).await.unwrap();
+    rows[1].detail = json!({ "n": 12, "rewritten": true });
+    let mut prev = rows[0].hash.clone().unwrap();
+    let mut statements = Vec::new();
+    for row in rows.iter_mut().skip(1) {
+        let hash = audit::chain_hash(&prev, row);
+        statements.push(format!(
+            "update audit_events set detail = '{}', prev_hash = '\\x{}', hash = '\\x{}' where seq = {}",
+            row.detail,
+            hex::encode(&prev),
+            hex::encode(&hash),
+            row.seq
+        ));
+        prev = hash;
+    }
+    statements.push(format!(
+        "update audit_head set hash = '\\x{}'",
+        hex::encode(&prev)
+    ));
+    let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
+    tamper(&pool, &refs).await;
+    let refused = audit_keys::checkpoint(&pool, &signer, t0())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("does not follow"), "{refused}");
+    assert_eq!(
+        audit_keys::stored(&pool).await.unwrap().len(),
+        2,
+        "nothing was signed"
+    );
 }

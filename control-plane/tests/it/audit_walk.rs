@@ -63,7 +63,8 @@ fn collect_secrets(value: &Value, out: &mut Vec<String>) {
 }
 
 impl Walker {
-    /// One call tagged with a fresh request id; expects success (a destructive call is repeated
+    /// One call tagged with a fresh request id (sent as a trusted proxy would: ids from anyone else
+    /// are replaced); expects success (a destructive call is repeated
     /// with its confirmation token) and an audit row carrying that request id.
     async fn step(
         &mut self,
@@ -77,7 +78,7 @@ impl Walker {
         let body = body.map(|b| b.to_string());
         let ((mut status, mut answer), _) = call_from(
             &self.state,
-            "192.0.2.7:40000",
+            "10.9.9.9:40000",
             &[("x-request-id", &rid)],
             method,
             path,
@@ -90,7 +91,7 @@ impl Walker {
             self.secrets.push(confirmation.clone());
             ((status, answer), _) = call_from(
                 &self.state,
-                "192.0.2.7:40000",
+                "10.9.9.9:40000",
                 &[
                     ("x-request-id", &rid),
                     ("x-confirmation-token", &confirmation),
@@ -310,9 +311,7 @@ async fn every_mutating_route_writes_its_audit_row(pool: PgPool) {
         );
     }
     // And after all that, the chain is intact.
-    let keys = moltops_server::audit_keys::PublicKeys::load(&pool)
-        .await
-        .unwrap();
+    let keys = moltops_server::audit_keys::PublicKeys::of(&w.state.signer);
     let stored = moltops_server::audit_keys::stored(&pool).await.unwrap();
     let verification = moltops_server::audit::verify(&pool, &stored, &keys)
         .await
