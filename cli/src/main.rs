@@ -108,6 +108,10 @@ enum NodesCommand {
     },
     /// Send a ping and wait for the pong.
     Ping { node_id: String },
+    /// A node's latest reported metrics (CPU, memory, disk, uptime) and their age.
+    Metrics { node_id: String },
+    /// Counts by status and agent version.
+    Summary,
 }
 
 #[derive(Subcommand)]
@@ -565,6 +569,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         n["agent_version"].as_str().unwrap_or(""),
                         labels.join(",")
                     );
+                }
+            });
+        }
+        Command::Nodes {
+            command: NodesCommand::Metrics { node_id },
+        } => {
+            let m = client
+                .call(
+                    Method::GET,
+                    &format!("/v1/nodes/{}/metrics/current", urlencode(&node_id)),
+                    None,
+                )
+                .await?;
+            print(json_output, &m, |m| {
+                let gib = |k: &str| m[k].as_f64().unwrap_or(0.0) / f64::from(1u32 << 30);
+                println!(
+                    "cpu {:.1}%  mem {:.1}% ({:.1}/{:.1} GiB)  disk free {:.1} GiB  load {:.2}  up {} s  gateway restarts 24h {}  ({} s ago)",
+                    m["cpu_percent"].as_f64().unwrap_or(0.0),
+                    m["mem_percent"].as_f64().unwrap_or(0.0),
+                    gib("memory_used_bytes"),
+                    gib("memory_total_bytes"),
+                    gib("disk_free_bytes"),
+                    m["load_1m"].as_f64().unwrap_or(0.0),
+                    m["uptime_seconds"],
+                    m["restart_count_24h"],
+                    m["age_seconds"]
+                );
+            });
+        }
+        Command::Nodes {
+            command: NodesCommand::Summary,
+        } => {
+            let s = client.call(Method::GET, "/v1/fleet/summary", None).await?;
+            print(json_output, &s, |s| {
+                println!(
+                    "{} nodes: {} online, {} offline, {} revoked",
+                    s["total"], s["online"], s["offline"], s["revoked"]
+                );
+                for (version, count) in s["agent_versions"].as_object().into_iter().flatten() {
+                    println!("  agent {version}: {count}");
                 }
             });
         }

@@ -214,6 +214,35 @@ impl Liveness {
     }
 }
 
+/// What an agent reported, checked: an agent is not trusted to send sane numbers, so
+/// percentages are clamped and non-finite values become 0.
+pub fn metrics_json(m: &moltops_proto::agent::Metrics) -> serde_json::Value {
+    let percent = |v: f32| {
+        if v.is_finite() {
+            f64::from(v.clamp(0.0, 100.0))
+        } else {
+            0.0
+        }
+    };
+    let finite = |v: f32| {
+        if v.is_finite() {
+            f64::from(v.max(0.0))
+        } else {
+            0.0
+        }
+    };
+    serde_json::json!({
+        "cpu_percent": percent(m.cpu_percent),
+        "mem_percent": percent(m.mem_percent),
+        "disk_free_bytes": m.disk_free_bytes,
+        "uptime_seconds": m.uptime_seconds,
+        "restart_count_24h": m.restart_count_24h,
+        "memory_used_bytes": m.memory_used_bytes,
+        "memory_total_bytes": m.memory_total_bytes,
+        "load_1m": finite(m.load_1m),
+    })
+}
+
 /// A node as stored.
 #[derive(Debug, Clone)]
 pub struct NodeRow {
@@ -386,16 +415,21 @@ pub async fn record_heartbeat(
     db: impl PgExecutor<'_>,
     node_id: Uuid,
     session_id: Uuid,
+    metrics: Option<&moltops_proto::agent::Metrics>,
     now: DateTime<Utc>,
 ) -> Result<HeartbeatOutcome, sqlx::Error> {
+    let metrics = metrics.map(metrics_json);
     let row = sqlx::query!(
-        r#"update nodes set last_seen = case when session_id = $2 then $3 else last_seen end
+        r#"update nodes set last_seen = case when session_id = $2 then $3 else last_seen end,
+                            metrics = case when session_id = $2 and $4::jsonb is not null then $4 else metrics end,
+                            metrics_at = case when session_id = $2 and $4::jsonb is not null then $3 else metrics_at end
            where id = $1
            returning revoked_at is not null as "revoked!",
                      (select count(*) from commands c where c.node_id = $1 and c.status = 'queued') as "queued!""#,
         node_id,
         session_id,
-        now
+        now,
+        metrics
     )
     .fetch_optional(db)
     .await?;

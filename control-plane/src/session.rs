@@ -217,11 +217,16 @@ impl Session {
                 .await?;
                 self.dispatch().await
             }
-            Some(AgentBody::Heartbeat(_)) => {
-                let outcome =
-                    fleet::record_heartbeat(&self.state.pool, node_id, self.handle.session_id, now)
-                        .await
-                        .map_err(internal)?;
+            Some(AgentBody::Heartbeat(beat)) => {
+                let outcome = fleet::record_heartbeat(
+                    &self.state.pool,
+                    node_id,
+                    self.handle.session_id,
+                    beat.metrics.as_ref(),
+                    now,
+                )
+                .await
+                .map_err(internal)?;
                 if outcome.revoked {
                     return Err(Status::permission_denied(REVOKED_MESSAGE));
                 }

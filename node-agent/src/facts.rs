@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use moltops_proto::agent::HostFacts;
+use moltops_proto::agent::{HostFacts, Metrics};
 use sysinfo::{Disks, System};
 
 /// Collects host facts; `data_path` picks the disk whose free space is reported.
@@ -42,6 +42,67 @@ fn disk_free_bytes(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Samples the host's figures; keeps its `System` between samples so CPU usage is measured over
+/// the interval since the previous one.
+pub struct Sampler {
+    system: Option<System>,
+    data_path: std::path::PathBuf,
+}
+
+impl Sampler {
+    pub fn new(data_path: &Path) -> Self {
+        let system = System::new().ok().map(|mut s| {
+            s.refresh_cpu_usage();
+            s
+        });
+        Self {
+            system,
+            data_path: data_path.to_path_buf(),
+        }
+    }
+
+    pub fn sample(&mut self) -> Metrics {
+        let (cpu_percent, memory_used_bytes, memory_total_bytes) = match self.system.as_mut() {
+            Some(system) => {
+                system.refresh_cpu_usage();
+                system.refresh_memory();
+                (
+                    system.global_cpu_usage(),
+                    system.used_memory(),
+                    system.total_memory(),
+                )
+            }
+            None => (0.0, 0, 0),
+        };
+        let mem_percent = if memory_total_bytes == 0 {
+            0.0
+        } else {
+            // Precision is not at stake in a percentage.
+            #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+            let percent = (memory_used_bytes as f64 / memory_total_bytes as f64 * 100.0) as f32;
+            percent
+        };
+        #[allow(clippy::cast_possible_truncation)]
+        let load_1m = System::load_average().map_or(0.0, |l| l.one) as f32;
+        Metrics {
+            cpu_percent: cpu_percent.clamp(0.0, 100.0),
+            mem_percent: mem_percent.clamp(0.0, 100.0),
+            disk_free_bytes: disk_free_bytes(&self.data_path),
+            uptime_seconds: System::uptime().unwrap_or(0),
+            // No gateway is managed yet: the supervisor that counts its restarts comes with the
+            // installer ([P4]).
+            restart_count_24h: 0,
+            memory_used_bytes,
+            memory_total_bytes,
+            load_1m: if load_1m.is_finite() {
+                load_1m.max(0.0)
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -51,5 +112,17 @@ mod tests {
         assert!(facts.cpu_cores >= 1);
         assert!(facts.memory_bytes > 0);
         assert!(!facts.hostname.is_empty());
+    }
+
+    #[test]
+    fn samples_are_real_figures_of_this_host() {
+        let mut sampler = super::Sampler::new(std::path::Path::new("/"));
+        let metrics = sampler.sample();
+        assert!((0.0..=100.0).contains(&metrics.cpu_percent));
+        assert!(metrics.mem_percent > 0.0 && metrics.mem_percent <= 100.0);
+        assert!(metrics.memory_total_bytes >= metrics.memory_used_bytes);
+        assert!(metrics.memory_used_bytes > 0);
+        assert!(metrics.disk_free_bytes > 0);
+        assert!(metrics.uptime_seconds > 0);
     }
 }

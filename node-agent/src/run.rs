@@ -212,6 +212,7 @@ async fn session(
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence = 0u64;
+    let mut sampler = crate::facts::Sampler::new(state.root());
     let mut renewal_in_flight: Option<tokio::time::Instant> = None;
     let healthy = move || started.elapsed() > Duration::from_secs(30);
     loop {
@@ -224,7 +225,8 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 sequence += 1;
-                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { sequence })) }).await.is_err() {
+                let metrics = Some(sampler.sample());
+                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { sequence, metrics })) }).await.is_err() {
                     return Ok(SessionEnd::Disconnected { healthy: healthy() });
                 }
             }

@@ -128,6 +128,16 @@ async fn a_cli_pairs_gets_a_session_and_sees_exactly_what_its_role_allows() {
         String::from_utf8_lossy(&ping.stderr)
     );
     assert!(String::from_utf8_lossy(&ping.stdout).contains("pong"));
+    // A viewer reads the node's metrics and the fleet summary.
+    moltops_e2e::wait_for("the node's metrics through the CLI", || async {
+        let out = ctl(&server, &config, None, &["nodes", "metrics", &node_id]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains("cpu ") && text.contains("mem ")).then_some(())
+    })
+    .await;
+    let summary = ctl(&server, &config, None, &["nodes", "summary"]);
+    let text = String::from_utf8_lossy(&summary.stdout);
+    assert!(text.contains("1 nodes: 1 online"), "{text}");
 
     // Logout ends the session at once.
     assert!(ctl(&server, &config, None, &["logout"]).status.success());

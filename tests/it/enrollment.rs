@@ -71,6 +71,40 @@ async fn token_to_online_node_with_labels_system_info_and_pong() {
     let (_, verified) = fx.api.get("/v1/audit/verify").await;
     assert_eq!(verified["ok"], true, "{verified}");
 
+    // The agent reports this host's real figures with its heartbeats.
+    let metrics = moltops_e2e::wait_for("the node's first metrics", || async {
+        let (status, m) = fx
+            .api
+            .get(&format!("/v1/nodes/{node_id}/metrics/current"))
+            .await;
+        (status == 200).then_some(m)
+    })
+    .await;
+    let total = metrics["memory_total_bytes"].as_i64().unwrap();
+    assert!(
+        total > 0 && metrics["memory_used_bytes"].as_i64().unwrap() <= total,
+        "{metrics}"
+    );
+    let mem = metrics["mem_percent"].as_f64().unwrap();
+    assert!(mem > 0.0 && mem <= 100.0, "{metrics}");
+    let cpu = metrics["cpu_percent"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&cpu), "{metrics}");
+    assert!(
+        metrics["disk_free_bytes"].as_i64().unwrap() > 0,
+        "{metrics}"
+    );
+    assert!(metrics["uptime_seconds"].as_i64().unwrap() > 0, "{metrics}");
+    assert_eq!(metrics["restart_count_24h"], 0, "no gateway is managed yet");
+    assert!(metrics["age_seconds"].as_i64().unwrap() < 30, "{metrics}");
+    let (_, summary) = fx.api.get("/v1/fleet/summary").await;
+    assert_eq!(summary["total"], 1, "{summary}");
+    assert_eq!(summary["online"], 1, "{summary}");
+    assert_eq!(
+        summary["agent_versions"][env!("CARGO_PKG_VERSION")],
+        1,
+        "{summary}"
+    );
+
     // SIGTERM: a clean exit, and the control plane sees the stream end at once.
     let status = agent.stop();
     assert!(status.success(), "agent exited with {status}");

@@ -116,7 +116,10 @@ async fn a_stream_ends_when_its_certificate_expires_without_renewal() {
     let beats = tokio::spawn(async move {
         let mut sequence = 0;
         while tx
-            .send(message(Body::Heartbeat(Heartbeat { sequence })))
+            .send(message(Body::Heartbeat(Heartbeat {
+                sequence,
+                metrics: None,
+            })))
             .await
             .is_ok()
         {

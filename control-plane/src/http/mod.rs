@@ -130,6 +130,12 @@ fn table() -> RouteTable {
         delete(enrollment_tokens::revoke),
     )
     .add(Method::GET, "/v1/nodes", get(nodes::list))
+    .add(Method::GET, "/v1/fleet/summary", get(nodes::summary))
+    .add(
+        Method::GET,
+        "/v1/nodes/{node_id}/metrics/current",
+        get(nodes::metrics),
+    )
     .add(Method::GET, "/v1/nodes/{node_id}", get(nodes::get_one))
     .add(
         Method::PATCH,

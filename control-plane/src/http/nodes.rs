@@ -425,3 +425,105 @@ pub async fn get_command(
         .ok_or_else(|| ApiError::not_found("no such command"))?;
     Ok(Json(row.into()))
 }
+
+/// The seed contract's `MetricsSnapshot`, as the agent last reported it, with its age.
+#[derive(Debug, Serialize)]
+pub struct MetricsSnapshot {
+    pub cpu_percent: f64,
+    pub mem_percent: f64,
+    pub disk_free_bytes: i64,
+    pub uptime_seconds: i64,
+    pub restart_count_24h: i64,
+    pub memory_used_bytes: i64,
+    pub memory_total_bytes: i64,
+    pub load_1m: f64,
+    /// When the agent reported these figures.
+    pub reported_at: DateTime<Utc>,
+    pub age_seconds: i64,
+}
+
+pub async fn metrics(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(node_id): ApiPath<Uuid>,
+) -> ApiResult<Json<MetricsSnapshot>> {
+    principal.authorize(Action::NodesRead)?;
+    let row = load(&state, node_id).await?;
+    principal.authorize_node(Action::NodesRead, &row.labels())?;
+    let stored = sqlx::query!(
+        "select metrics, metrics_at from nodes where id = $1",
+        node_id
+    )
+    .fetch_one(&state.pool)
+    .await?;
+    let (Some(m), Some(at)) = (stored.metrics, stored.metrics_at) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_metrics",
+            "the node has not reported metrics yet (its agent reports them with each heartbeat)",
+        ));
+    };
+    let int = |k: &str| m[k].as_i64().unwrap_or(0);
+    let float = |k: &str| m[k].as_f64().unwrap_or(0.0);
+    let now = state.clock.now();
+    Ok(Json(MetricsSnapshot {
+        cpu_percent: float("cpu_percent"),
+        mem_percent: float("mem_percent"),
+        disk_free_bytes: int("disk_free_bytes"),
+        uptime_seconds: int("uptime_seconds"),
+        restart_count_24h: int("restart_count_24h"),
+        memory_used_bytes: int("memory_used_bytes"),
+        memory_total_bytes: int("memory_total_bytes"),
+        load_1m: float("load_1m"),
+        reported_at: at,
+        age_seconds: (now - at).num_seconds().max(0),
+    }))
+}
+
+/// Counts by status and agent version, over the nodes the principal may see.
+#[derive(Debug, Serialize)]
+pub struct FleetSummary {
+    pub total: i64,
+    pub online: i64,
+    pub offline: i64,
+    pub revoked: i64,
+    /// Agent version → number of (not revoked) nodes.
+    pub agent_versions: std::collections::BTreeMap<String, i64>,
+}
+
+pub async fn summary(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<FleetSummary>> {
+    principal.authorize(Action::NodesRead)?;
+    let now = state.clock.now();
+    let online_since = state.settings.liveness.online_since(now);
+    let rows = sqlx::query!(
+        "select labels, agent_version, connected, last_seen, revoked_at is not null as \"revoked!\" from nodes"
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    let mut summary = FleetSummary {
+        total: 0,
+        online: 0,
+        offline: 0,
+        revoked: 0,
+        agent_versions: std::collections::BTreeMap::new(),
+    };
+    for row in rows {
+        let labels: crate::fleet::Labels = serde_json::from_value(row.labels).unwrap_or_default();
+        if !principal.scope.matches(&labels) {
+            continue;
+        }
+        summary.total += 1;
+        match NodeStatus::derive(row.revoked, row.connected, row.last_seen, online_since) {
+            NodeStatus::Online => summary.online += 1,
+            NodeStatus::Offline => summary.offline += 1,
+            NodeStatus::Revoked => summary.revoked += 1,
+        }
+        if !row.revoked {
+            *summary.agent_versions.entry(row.agent_version).or_default() += 1;
+        }
+    }
+    Ok(Json(summary))
+}

@@ -36,7 +36,6 @@ const PENDING_SEED_OPERATIONS: &[Pending] = &[
     pending("post", "/config/apply", "[P4]"),
     pending("get", "/logs/tail", "[P4]"),
     pending("get", "/logs/stream", "[P4]"),
-    pending("get", "/metrics/current", "[P4]"),
     pending("get", "/alerts/rules", "[P4]"),
     pending("post", "/alerts/rules", "[P4]"),
     pending("post", "/ops/action", "[P4]"),

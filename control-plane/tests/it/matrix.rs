@@ -192,6 +192,7 @@ fn matrix() -> Vec<Row> {
             Fleet,
         ),
         row("get", "/v1/nodes", None, Viewer, Fleet),
+        row("get", "/v1/fleet/summary", None, Viewer, Fleet),
         row("get", "/v1/nodes/{node_id}", None, Viewer, Node),
         row(
             "patch",
@@ -208,6 +209,13 @@ fn matrix() -> Vec<Row> {
             Node,
         ),
         row("get", "/v1/nodes/{node_id}/system/info", None, Viewer, Node),
+        row(
+            "get",
+            "/v1/nodes/{node_id}/metrics/current",
+            None,
+            Viewer,
+            Node,
+        ),
         row("post", "/v1/nodes/{node_id}/ping", None, Admin, Node),
         row(
             "get",
@@ -344,8 +352,10 @@ fn every_route_is_in_the_matrix() {
 async fn node(pool: &PgPool, env: &str) -> (Uuid, Uuid) {
     let (node_id, command_id) = (Uuid::now_v7(), Uuid::now_v7());
     sqlx::query(
-        "insert into nodes (id, hostname, labels, enrolled_at, certificate_serial, certificate_not_after)
-         values ($1, 'h', jsonb_build_object('env', $2::text), now(), 's', now() + interval '1 day')",
+        "insert into nodes (id, hostname, labels, enrolled_at, certificate_serial, certificate_not_after,
+                            metrics, metrics_at)
+         values ($1, 'h', jsonb_build_object('env', $2::text), now(), 's', now() + interval '1 day',
+                 '{\"cpu_percent\": 1.5}'::jsonb, now())",
     )
     .bind(node_id)
     .bind(env)
