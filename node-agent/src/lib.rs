@@ -8,6 +8,7 @@ pub mod enroll;
 pub mod facts;
 pub mod run;
 pub mod state;
+pub mod supervisor;
 pub mod tls;
 
 /// The agent's version, reported in Hello and Pong.
