@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod commands;
+pub mod egress;
 pub mod enroll;
 pub mod facts;
 pub mod run;
