@@ -481,9 +481,15 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(state_dir: &Path) -> Self {
+        Self::start_with(state_dir, &[])
+    }
+
+    /// With extra `run` arguments (e.g. the gateway's package and port).
+    pub fn start_with(state_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(binary("moltops-agent"))
             .args(["run", "--max-backoff-seconds", "1", "--state-dir"])
             .arg(state_dir)
+            .args(extra)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -767,4 +773,31 @@ impl Browser {
     pub async fn get(&self, url: &str) -> reqwest::Response {
         self.client.get(url).send().await.unwrap()
     }
+}
+
+/// A loopback port free at the moment of asking (for a process that must be told its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `npm pack` of the scenario gateway into `dir`; returns the tarball.
+pub fn pack_scenario_gateway(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenario-gateway");
+    let out = Command::new("npm")
+        .args(["pack", "--silent", "--pack-destination"])
+        .arg(dir)
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join(String::from_utf8_lossy(&out.stdout).trim())
 }

@@ -69,6 +69,11 @@ enum Command {
         #[command(subcommand)]
         command: NodesCommand,
     },
+    /// The gateway on a node: install, status, start, stop, restart.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
     /// The audit trail: list, export, verify.
     Audit {
         #[command(subcommand)]
@@ -112,6 +117,38 @@ enum NodesCommand {
     Metrics { node_id: String },
     /// Counts by status and agent version.
     Summary,
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Install the gateway with npm (a job; waits for it).
+    Install {
+        node_id: String,
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// An exact version instead of the channel's.
+        #[arg(long)]
+        version: Option<String>,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Confirm without asking.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// The gateway's last reported status.
+    Status { node_id: String },
+    /// Start, stop or restart it; waits until the effect is verified (or not).
+    #[command(name = "action")]
+    Action {
+        node_id: String,
+        /// start, stop or restart
+        action: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -652,6 +689,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Audit { command } => audit(&mut client, command, json_output).await?,
+        Command::Gateway { command } => gateway(&mut client, command, json_output).await?,
         Command::EnrollmentTokens {
             command:
                 EnrollmentCommand::Create {
@@ -684,6 +722,182 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c["enroll_command"].as_str().unwrap_or("")
                 );
             });
+        }
+    }
+    Ok(())
+}
+
+/// A destructive call: on 428, asks (or, with `yes`, goes ahead) and repeats it with the token.
+async fn confirmed(
+    client: &mut Client,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+    yes: bool,
+) -> anyhow::Result<Value> {
+    let bearer = client.bearer().await?;
+    let send = |token: Option<&str>| {
+        let mut request = client
+            .http
+            .request(method.clone(), format!("{}{path}", client.server))
+            .bearer_auth(&bearer)
+            .json(&body);
+        if let Some(t) = token {
+            request = request.header("x-confirmation-token", t);
+        }
+        request.send()
+    };
+    let first = send(None)
+        .await
+        .with_context(|| format!("reaching {}", client.server))?;
+    let status = first.status();
+    let value: Value = first.json().await.unwrap_or(Value::Null);
+    let value = if status.as_u16() == 428 {
+        let token = value["confirmation_token"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the server asked for confirmation without a token"))?
+            .to_owned();
+        if !yes {
+            eprint!(
+                "{} on {} is destructive. Proceed? [y/N] ",
+                value["action"].as_str().unwrap_or("this"),
+                value["target"].as_str().unwrap_or("the target")
+            );
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            if !matches!(line.trim(), "y" | "Y" | "yes") {
+                bail!("not confirmed; nothing was done");
+            }
+        }
+        let second = send(Some(&token)).await?;
+        let status = second.status();
+        let value: Value = second.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!(
+                "{} ({}): {}",
+                status.as_u16(),
+                value["code"].as_str().unwrap_or("error"),
+                value["message"].as_str().unwrap_or("")
+            );
+        }
+        value
+    } else if status.is_success() {
+        value
+    } else {
+        bail!(
+            "{} ({}): {}",
+            status.as_u16(),
+            value["code"].as_str().unwrap_or("error"),
+            value["message"].as_str().unwrap_or("")
+        );
+    };
+    Ok(value)
+}
+
+/// Polls a job until it ends.
+async fn wait_job(client: &mut Client, job_id: &str) -> anyhow::Result<Value> {
+    loop {
+        let job = client
+            .call(reqwest::Method::GET, &format!("/v1/jobs/{job_id}"), None)
+            .await?;
+        if matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn gateway(
+    client: &mut Client,
+    command: GatewayCommand,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let finish = |job: &Value| -> anyhow::Result<()> {
+        if job["status"] == "succeeded" {
+            Ok(())
+        } else {
+            bail!("failed: {}", job["error"].as_str().unwrap_or("unknown"))
+        }
+    };
+    match command {
+        GatewayCommand::Install {
+            node_id,
+            channel,
+            version,
+            reason,
+            yes,
+        } => {
+            let accepted = confirmed(
+                client,
+                Method::POST,
+                &format!("/v1/nodes/{}/install/local", urlencode(&node_id)),
+                json!({ "method": "npm", "channel": channel, "version": version, "reason": reason }),
+                yes,
+            )
+            .await?;
+            let job_id = accepted["job_id"].as_str().unwrap_or_default().to_owned();
+            eprintln!("install job {job_id} queued; waiting for it");
+            let job = wait_job(client, &job_id).await?;
+            print(json_output, &job, |job| {
+                let i = &job["result"]["installed"];
+                if job["status"] == "succeeded" {
+                    println!(
+                        "installed {} in {} ({} ms), running and ready",
+                        i["version"].as_str().unwrap_or(""),
+                        i["prefix"].as_str().unwrap_or(""),
+                        i["duration_ms"]
+                    );
+                }
+            });
+            finish(&job)?;
+        }
+        GatewayCommand::Status { node_id } => {
+            let s = client
+                .call(
+                    Method::GET,
+                    &format!("/v1/nodes/{}/moltbot/status", urlencode(&node_id)),
+                    None,
+                )
+                .await?;
+            print(json_output, &s, |s| {
+                println!(
+                    "installed {}  running {}  ready {}  version {}  restarts 24h {}  last start {}  ({} s ago)",
+                    s["installed"],
+                    s["running"],
+                    s["gateway_connected"],
+                    s["version"].as_str().unwrap_or("-"),
+                    s["restart_count_24h"],
+                    s["last_start_time"].as_str().unwrap_or("-"),
+                    s["age_seconds"]
+                );
+            });
+        }
+        GatewayCommand::Action {
+            node_id,
+            action,
+            reason,
+            yes,
+        } => {
+            let accepted = confirmed(
+                client,
+                Method::POST,
+                &format!("/v1/nodes/{}/ops/action", urlencode(&node_id)),
+                json!({ "action": action, "reason": reason }),
+                yes,
+            )
+            .await?;
+            let job_id = accepted["job_id"].as_str().unwrap_or_default().to_owned();
+            let job = wait_job(client, &job_id).await?;
+            print(json_output, &job, |job| {
+                if job["status"] == "succeeded" {
+                    println!(
+                        "{action}: verified — {}",
+                        job["result"]["action"]["evidence"].as_str().unwrap_or("")
+                    );
+                }
+            });
+            finish(&job)?;
         }
     }
     Ok(())

@@ -243,6 +243,23 @@ pub fn metrics_json(m: &moltops_proto::agent::Metrics) -> serde_json::Value {
     })
 }
 
+/// The gateway state an agent reported, bounded (an agent is not trusted with sizes).
+pub fn gateway_json(g: &moltops_proto::agent::GatewayStatus) -> serde_json::Value {
+    let text = |s: &str| s.chars().take(512).collect::<String>();
+    serde_json::json!({
+        "installed": g.installed,
+        "running": g.running,
+        "version": text(&g.version),
+        "service_manager": text(&g.service_manager),
+        "config_path": text(&g.config_path),
+        "last_start_unix_ms": g.last_start_unix_ms,
+        "restart_count_24h": g.restart_count_24h,
+        "gateway_connected": g.gateway_connected,
+        "crash_loop": g.crash_loop,
+        "last_exit": text(&g.last_exit),
+    })
+}
+
 /// A node as stored.
 #[derive(Debug, Clone)]
 pub struct NodeRow {
@@ -416,20 +433,25 @@ pub async fn record_heartbeat(
     node_id: Uuid,
     session_id: Uuid,
     metrics: Option<&moltops_proto::agent::Metrics>,
+    gateway: Option<&moltops_proto::agent::GatewayStatus>,
     now: DateTime<Utc>,
 ) -> Result<HeartbeatOutcome, sqlx::Error> {
     let metrics = metrics.map(metrics_json);
+    let gateway = gateway.map(gateway_json);
     let row = sqlx::query!(
         r#"update nodes set last_seen = case when session_id = $2 then $3 else last_seen end,
                             metrics = case when session_id = $2 and $4::jsonb is not null then $4 else metrics end,
-                            metrics_at = case when session_id = $2 and $4::jsonb is not null then $3 else metrics_at end
+                            metrics_at = case when session_id = $2 and $4::jsonb is not null then $3 else metrics_at end,
+                            gateway = case when session_id = $2 and $5::jsonb is not null then $5 else gateway end,
+                            gateway_at = case when session_id = $2 and $5::jsonb is not null then $3 else gateway_at end
            where id = $1
            returning revoked_at is not null as "revoked!",
                      (select count(*) from commands c where c.node_id = $1 and c.status = 'queued') as "queued!""#,
         node_id,
         session_id,
         now,
-        metrics
+        metrics,
+        gateway
     )
     .fetch_optional(db)
     .await?;

@@ -223,6 +223,7 @@ impl Session {
                     node_id,
                     self.handle.session_id,
                     beat.metrics.as_ref(),
+                    beat.gateway.as_ref(),
                     now,
                 )
                 .await
@@ -244,6 +245,26 @@ impl Session {
                         "pong": { "agent_version": pong.agent_version, "agent_time_unix_ms": pong.agent_time_unix_ms }
                     })),
                     Some(CommandOutcome::Failure(f)) => Err(f.message.chars().take(4096).collect()),
+                    Some(CommandOutcome::Installed(i)) => Ok(json!({
+                        "installed": {
+                            "version": i.version,
+                            "prefix": i.prefix,
+                            "node": i.node,
+                            "duration_ms": i.duration_ms,
+                            "egress": i.egress.iter().take(1000).map(|e| json!({
+                                "host": e.host, "port": e.port, "allowed": e.allowed,
+                                "bytes_up": e.bytes_up, "bytes_down": e.bytes_down, "note": e.note,
+                            })).collect::<Vec<_>>(),
+                        }
+                    })),
+                    // An action whose effect could not be verified failed, with the evidence.
+                    Some(CommandOutcome::ActionDone(done)) if done.verified => Ok(json!({
+                        "action": { "verified": true, "evidence": done.evidence, "duration_ms": done.duration_ms }
+                    })),
+                    Some(CommandOutcome::ActionDone(done)) => Err(format!(
+                        "not verified: {}",
+                        done.evidence.chars().take(1000).collect::<String>()
+                    )),
                     None => Err("the agent sent a result without an outcome".to_owned()),
                 };
                 record_command_result(&self.state, node_id, command_id, outcome, now).await
@@ -280,9 +301,33 @@ impl Session {
         )
         .await
         .map_err(internal)?;
-        for (command_id, kind, _payload) in claimed {
+        for (command_id, kind, claimed_payload) in claimed {
             let kind = match kind.as_str() {
                 "ping" => command::Kind::Ping(Ping {}),
+                "install" => command::Kind::Install(moltops_proto::agent::Install {
+                    method: payload_str(&claimed_payload, "method"),
+                    channel: payload_str(&claimed_payload, "channel"),
+                    version: payload_str(&claimed_payload, "version"),
+                    byte_budget: claimed_payload["byte_budget"].as_u64().unwrap_or(0),
+                }),
+                "service_action" => {
+                    use moltops_proto::agent::service_action::Action;
+                    let action = match claimed_payload["action"].as_str() {
+                        Some("start") => Action::Start,
+                        Some("stop") => Action::Stop,
+                        Some("restart") => Action::Restart,
+                        _ => Action::Unspecified,
+                    };
+                    command::Kind::ServiceAction(moltops_proto::agent::ServiceAction {
+                        action: action.into(),
+                        verify_timeout_seconds: u32::try_from(
+                            claimed_payload["verify_timeout_seconds"]
+                                .as_u64()
+                                .unwrap_or(0),
+                        )
+                        .unwrap_or(0),
+                    })
+                }
                 other => {
                     let reason =
                         format!("command kind {other:?} is not supported by this control plane");
@@ -405,4 +450,9 @@ async fn record_command_result(
     .await
     .map_err(internal)?;
     tx.commit().await.map_err(internal)
+}
+
+/// A string field of a command's payload ('' when absent).
+fn payload_str(payload: &serde_json::Value, key: &str) -> String {
+    payload[key].as_str().unwrap_or_default().to_owned()
 }

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod egress;
 pub mod enroll;
 pub mod facts;
+pub mod gateway;
 pub mod install;
 pub mod run;
 pub mod state;

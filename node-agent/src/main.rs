@@ -60,6 +60,13 @@ enum Command {
         /// Upper bound of the reconnect delay.
         #[arg(long, default_value_t = 30)]
         max_backoff_seconds: u64,
+        /// The managed gateway's loopback port.
+        #[arg(long, env = "MOLTOPS_GATEWAY_PORT", default_value_t = 18789)]
+        gateway_port: u16,
+        /// Install this package tarball instead of OpenClaw from the registry (the scenario
+        /// gateway for tests and demos).
+        #[arg(long, env = "MOLTOPS_GATEWAY_PACKAGE_FILE")]
+        gateway_package_file: Option<PathBuf>,
     },
 }
 
@@ -112,11 +119,18 @@ async fn main() -> ExitCode {
         Command::Run {
             state_dir,
             max_backoff_seconds,
+            gateway_port,
+            gateway_package_file,
         } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
             let options = RunOptions {
                 backoff_cap: Duration::from_secs(max_backoff_seconds.max(1)),
+                gateway: moltops_agent::gateway::Options {
+                    port: gateway_port,
+                    package_file: gateway_package_file,
+                    ..moltops_agent::gateway::Options::default()
+                },
                 ..RunOptions::default()
             };
             let result = async {

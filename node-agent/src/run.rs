@@ -74,6 +74,8 @@ pub enum RunEnd {
 pub struct RunOptions {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// How this agent manages its gateway.
+    pub gateway: crate::gateway::Options,
 }
 
 impl Default for RunOptions {
@@ -81,6 +83,7 @@ impl Default for RunOptions {
         Self {
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
+            gateway: crate::gateway::Options::default(),
         }
     }
 }
@@ -109,12 +112,27 @@ pub async fn run(
         .node()
         .context("this state directory is not enrolled; run `moltops-agent enroll` first")?;
     tracing::info!(node_id = %node.node_id, server = %node.server, "starting");
+    // The gateway this agent manages keeps running across reconnects; it stops with the agent.
+    let gateway = crate::gateway::Gateway::new(state.root(), options.gateway.clone());
+    gateway.resume().await;
+    let end = run_sessions(state, options, &node.server, &gateway, shutdown).await;
+    gateway.shutdown().await;
+    end
+}
+
+async fn run_sessions(
+    state: &StateDir,
+    options: &RunOptions,
+    server: &str,
+    gateway: &std::sync::Arc<crate::gateway::Gateway>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<RunEnd> {
     let mut backoff = Backoff::new(options.backoff_base, options.backoff_cap);
     loop {
         if certificate_expired(state)? {
             return Ok(RunEnd::CertificateExpired);
         }
-        match session(state, &node.server, &shutdown).await {
+        match session(state, server, gateway, &shutdown).await {
             Ok(SessionEnd::Shutdown) => return Ok(RunEnd::Shutdown),
             Ok(SessionEnd::Revoked) => return Ok(RunEnd::Revoked),
             Ok(SessionEnd::Disconnected { healthy }) => {
@@ -180,6 +198,7 @@ mod x509_parser_owned {
 async fn session(
     state: &StateDir,
     server: &str,
+    gateway: &std::sync::Arc<crate::gateway::Gateway>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SessionEnd> {
     let config = crate::tls::mtls_config(
@@ -225,8 +244,11 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 sequence += 1;
-                let metrics = Some(sampler.sample());
-                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(Heartbeat { sequence, metrics })) }).await.is_err() {
+                let mut metrics = sampler.sample();
+                let status = gateway.status().await;
+                metrics.restart_count_24h = status.restart_count_24h;
+                let beat = Heartbeat { sequence, metrics: Some(metrics), gateway: Some(status) };
+                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(beat)) }).await.is_err() {
                     return Ok(SessionEnd::Disconnected { healthy: healthy() });
                 }
             }
@@ -258,12 +280,13 @@ async fn session(
                     Some(ServerBody::Command(command)) => {
                         // Commands run off the session loop, so a long one never delays heartbeats.
                         let results = tx.clone();
+                        let gateway = gateway.clone();
                         tokio::spawn(async move {
                             let now_ms = SystemTime::now()
                                 .duration_since(SystemTime::UNIX_EPOCH)
                                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
                                 .unwrap_or(0);
-                            let outcome = crate::commands::execute(command.kind, now_ms);
+                            let outcome = crate::commands::execute(command.kind, now_ms, &gateway).await;
                             let result = AgentMessage {
                                 body: Some(AgentBody::CommandResult(CommandResult { command_id: command.command_id, outcome: Some(outcome) })),
                             };

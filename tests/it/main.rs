@@ -7,6 +7,7 @@
 mod audit;
 mod cli;
 mod enrollment;
+mod gateway;
 mod https;
 mod lifecycle;
 mod mtls;

@@ -119,6 +119,7 @@ async fn a_stream_ends_when_its_certificate_expires_without_renewal() {
             .send(message(Body::Heartbeat(Heartbeat {
                 sequence,
                 metrics: None,
+                gateway: None,
             })))
             .await
             .is_ok()

@@ -7,6 +7,7 @@ mod confirm;
 mod enrollment_tokens;
 pub mod error;
 pub mod extract;
+mod gateway;
 mod nodes;
 mod pairing;
 mod roles;
@@ -153,6 +154,22 @@ fn table() -> RouteTable {
         get(nodes::system_info),
     )
     .add(Method::POST, "/v1/nodes/{node_id}/ping", post(nodes::ping))
+    .add(
+        Method::POST,
+        "/v1/nodes/{node_id}/install/local",
+        post(gateway::install),
+    )
+    .add(
+        Method::POST,
+        "/v1/nodes/{node_id}/ops/action",
+        post(gateway::ops_action),
+    )
+    .add(
+        Method::GET,
+        "/v1/nodes/{node_id}/moltbot/status",
+        get(gateway::status),
+    )
+    .add(Method::GET, "/v1/jobs/{job_id}", get(gateway::job))
     .add(
         Method::GET,
         "/v1/nodes/{node_id}/commands/{command_id}",

@@ -266,6 +266,22 @@ async fn every_mutating_route_writes_its_audit_row(pool: PgPool) {
     .await;
     w.step(
         "POST",
+        "/v1/nodes/{node_id}/install/local",
+        &format!("/v1/nodes/{node_id}/install/local"),
+        o,
+        Some(json!({ "method": "npm", "version": "2026.9.1", "reason": "walk" })),
+    )
+    .await;
+    w.step(
+        "POST",
+        "/v1/nodes/{node_id}/ops/action",
+        &format!("/v1/nodes/{node_id}/ops/action"),
+        o,
+        Some(json!({ "action": "restart", "reason": "walk" })),
+    )
+    .await;
+    w.step(
+        "POST",
         "/v1/nodes/{node_id}/revoke",
         &format!("/v1/nodes/{node_id}/revoke"),
         o,

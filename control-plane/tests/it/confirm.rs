@@ -48,13 +48,26 @@ impl Case {
                 Some(serde_json::json!({ "reason": reason }).to_string()),
             ),
             "/v1/users/{user_id}" => (format!("/v1/users/{target}?reason={reason}"), None),
+            "/v1/nodes/{node_id}/install/local" => (
+                format!("/v1/nodes/{target}/install/local"),
+                Some(
+                    serde_json::json!({ "method": "npm", "version": "2026.9.1", "reason": reason })
+                        .to_string(),
+                ),
+            ),
+            "/v1/nodes/{node_id}/ops/action" => (
+                format!("/v1/nodes/{target}/ops/action"),
+                Some(serde_json::json!({ "action": "stop", "reason": reason }).to_string()),
+            ),
             other => panic!("no scenario for {other}"),
         }
     }
 
     async fn target(&self, state: &moltops_server::serve::AppState, owner: &str) -> String {
         match self.route {
-            "/v1/nodes/{node_id}/revoke" => {
+            "/v1/nodes/{node_id}/revoke"
+            | "/v1/nodes/{node_id}/install/local"
+            | "/v1/nodes/{node_id}/ops/action" => {
                 let id = Uuid::now_v7();
                 sqlx::query(
                     "insert into nodes (id, hostname, labels, enrolled_at, certificate_serial, certificate_not_after)
@@ -82,6 +95,12 @@ impl Case {
                 "select revoked_at is not null from nodes where id = $1"
             }
             "/v1/users/{user_id}" => "select revoked_at is not null from devices where id = $1",
+            "/v1/nodes/{node_id}/install/local" => {
+                "select exists (select 1 from commands where node_id = $1 and kind = 'install')"
+            }
+            "/v1/nodes/{node_id}/ops/action" => {
+                "select exists (select 1 from commands where node_id = $1 and kind = 'service_action')"
+            }
             other => panic!("no scenario for {other}"),
         };
         sqlx::query_scalar(sql)
@@ -100,6 +119,14 @@ const CASES: &[Case] = &[
     Case {
         method: "delete",
         route: "/v1/users/{user_id}",
+    },
+    Case {
+        method: "post",
+        route: "/v1/nodes/{node_id}/install/local",
+    },
+    Case {
+        method: "post",
+        route: "/v1/nodes/{node_id}/ops/action",
     },
 ];
 

@@ -29,8 +29,6 @@ const fn pending(method: &'static str, seed_path: &'static str, issue: &'static 
 /// Seed operations not served yet. An entry must go as soon as its operation is in
 /// `api/openapi.yaml`: [`seed_operations_are_served_or_pending`] fails while it is still here.
 const PENDING_SEED_OPERATIONS: &[Pending] = &[
-    pending("get", "/moltbot/status", "[P4]"),
-    pending("post", "/install/local", "[P4]"),
     pending("post", "/install/ssh", "[P4]"),
     pending("post", "/config/validate", "[P4]"),
     pending("post", "/config/apply", "[P4]"),
@@ -38,7 +36,6 @@ const PENDING_SEED_OPERATIONS: &[Pending] = &[
     pending("get", "/logs/stream", "[P4]"),
     pending("get", "/alerts/rules", "[P4]"),
     pending("post", "/alerts/rules", "[P4]"),
-    pending("post", "/ops/action", "[P4]"),
     pending("post", "/support/bundle", "[P4]"),
 ];
 

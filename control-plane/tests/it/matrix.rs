@@ -216,6 +216,28 @@ fn matrix() -> Vec<Row> {
             Viewer,
             Node,
         ),
+        row(
+            "get",
+            "/v1/nodes/{node_id}/moltbot/status",
+            None,
+            Viewer,
+            Node,
+        ),
+        row(
+            "post",
+            "/v1/nodes/{node_id}/install/local",
+            Some(r#"{"method": "npm", "reason": "matrix"}"#),
+            Admin,
+            Node,
+        ),
+        row(
+            "post",
+            "/v1/nodes/{node_id}/ops/action",
+            Some(r#"{"action": "restart", "reason": "matrix"}"#),
+            Admin,
+            Node,
+        ),
+        row("get", "/v1/jobs/{job_id}", None, Viewer, Node),
         row("post", "/v1/nodes/{node_id}/ping", None, Admin, Node),
         row(
             "get",
@@ -395,6 +417,7 @@ async fn the_policy_enforced_on_every_route_matches_the_matrix(pool: PgPool) {
                     .route
                     .replace("{node_id}", &node_id.to_string())
                     .replace("{command_id}", &command_id.to_string())
+                    .replace("{job_id}", &command_id.to_string())
                     .replace("{token_id}", OTHER)
                     .replace("{user_id}", OTHER)
                     .replace("{role}", "matrix-role")

@@ -1,0 +1,491 @@
+//! The managed gateway on this host: installed with npm through the governed egress proxy into a
+//! versioned prefix, configured for loopback, run under the built-in supervisor, probed on its
+//! own `/readyz` (the JSON body, not just the status), and started, stopped and restarted with
+//! the effect verified. What is installed is remembered in the state directory, so an agent
+//! restart brings the gateway back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moltops_proto::agent::service_action::Action;
+use moltops_proto::agent::{
+    ActionDone, EgressReport, GatewayStatus, Install, Installed, ServiceAction,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::egress::{EgressProxy, Policy, npm_registry_host};
+use crate::install::Npm;
+use crate::supervisor::{Spec, Stopped, Supervisor};
+
+/// How this agent manages its gateway.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The npm package (default `openclaw`).
+    pub package: String,
+    /// A package tarball to install instead of the registry's (the scenario gateway in tests).
+    pub package_file: Option<PathBuf>,
+    /// The gateway's loopback port.
+    pub port: u16,
+    /// Default download budget for an install.
+    pub byte_budget: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            package: "openclaw".into(),
+            package_file: None,
+            port: 18789,
+            byte_budget: 2 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Record {
+    package: String,
+    version: String,
+    prefix: PathBuf,
+    node: PathBuf,
+    script: PathBuf,
+}
+
+pub struct Gateway {
+    options: Options,
+    root: PathBuf,
+    inner: tokio::sync::Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    record: Option<Record>,
+    supervisor: Option<Supervisor>,
+}
+
+const RECORD: &str = "gateway.json";
+
+impl Gateway {
+    /// `root` is the agent's state directory.
+    pub fn new(root: &Path, options: Options) -> Arc<Self> {
+        Arc::new(Self {
+            options,
+            root: root.to_path_buf(),
+            inner: tokio::sync::Mutex::new(Inner::default()),
+        })
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.root.join("gateway-state")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.state_dir().join("openclaw.json")
+    }
+
+    /// After an agent start: the gateway installed before runs again.
+    pub async fn resume(&self) {
+        let Ok(text) = tokio::fs::read_to_string(self.root.join(RECORD)).await else {
+            return;
+        };
+        let Ok(record) = serde_json::from_str::<Record>(&text) else {
+            tracing::warn!("the gateway record is unreadable; not starting the gateway");
+            return;
+        };
+        let mut inner = self.inner.lock().await;
+        inner.supervisor = Some(Supervisor::start(self.spec(&record)));
+        inner.record = Some(record);
+        tracing::info!("the managed gateway is running again");
+    }
+
+    fn spec(&self, record: &Record) -> Spec {
+        let mut spec = Spec::new(
+            record.node.clone(),
+            vec![
+                record.script.display().to_string(),
+                "gateway".into(),
+                "run".into(),
+                "--bind".into(),
+                "loopback".into(),
+                "--port".into(),
+                self.options.port.to_string(),
+                "--allow-unconfigured".into(),
+            ],
+            self.state_dir().join("gateway.out.log"),
+        );
+        spec.env = vec![
+            (
+                "OPENCLAW_STATE_DIR".into(),
+                self.state_dir().display().to_string(),
+            ),
+            (
+                "OPENCLAW_CONFIG_PATH".into(),
+                self.config_path().display().to_string(),
+            ),
+            // Its doctor must not fight our supervisor.
+            ("OPENCLAW_SERVICE_REPAIR_POLICY".into(), "external".into()),
+        ];
+        spec.cwd = Some(self.state_dir());
+        spec.stop_timeout = Duration::from_secs(330);
+        spec
+    }
+
+    /// Installs (or switches to) the requested version, starts it and waits until it is ready.
+    pub async fn install(&self, request: &Install) -> Result<Installed, String> {
+        let started = Instant::now();
+        if request.method != "npm" {
+            return Err(format!(
+                "install method {:?} is not available on this agent (npm is)",
+                request.method
+            ));
+        }
+        let (host, port) = npm_registry_host(Path::new("npm"))
+            .await
+            .map_err(|e| format!("cannot read npm's registry: {e}"))?;
+        let budget = if request.byte_budget > 0 {
+            request.byte_budget
+        } else {
+            self.options.byte_budget
+        };
+        let proxy = EgressProxy::start(Policy {
+            allowed_hosts: vec![host],
+            allowed_ports: vec![port],
+            byte_budget: budget,
+        })
+        .await
+        .map_err(|e| format!("cannot start the egress proxy: {e}"))?;
+        let npm = Npm {
+            npm: PathBuf::from("npm"),
+            root: self.root.join("gateways"),
+            cache: self.root.join("npm-cache"),
+            proxy: Some(proxy.url()),
+        };
+        let outcome = self.install_with(&npm, request).await;
+        let egress: Vec<EgressReport> = proxy
+            .reports()
+            .into_iter()
+            .map(|r| EgressReport {
+                host: r.host,
+                port: u32::from(r.port),
+                allowed: r.allowed,
+                bytes_up: r.bytes_up,
+                bytes_down: r.bytes_down,
+                note: r.note.unwrap_or_default(),
+            })
+            .collect();
+        let mut installed = outcome.map_err(|e| {
+            let refused: Vec<String> = egress
+                .iter()
+                .filter(|r| !r.allowed || !r.note.is_empty())
+                .map(|r| format!("{}:{} {}", r.host, r.port, r.note))
+                .collect();
+            if refused.is_empty() {
+                e
+            } else {
+                format!("{e} (egress: {})", refused.join("; "))
+            }
+        })?;
+        installed.egress = egress;
+        installed.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(installed)
+    }
+
+    async fn install_with(&self, npm: &Npm, request: &Install) -> Result<Installed, String> {
+        let package = self.options.package.clone();
+        let (spec, version, engines, name) = match &self.options.package_file {
+            Some(file) => {
+                let file = file.display().to_string();
+                let (name, version) = tarball_identity(&file).await?;
+                let engines = npm.engines_node(&file).await.map_err(|e| e.to_string())?;
+                (file, version, engines, name)
+            }
+            None => {
+                let wanted = if request.version.is_empty() {
+                    request.channel.as_str()
+                } else {
+                    request.version.as_str()
+                };
+                let wanted = if wanted.is_empty() { "stable" } else { wanted };
+                let version = npm
+                    .resolve(&package, wanted)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let spec = format!("{package}@{version}");
+                let engines = npm.engines_node(&spec).await.map_err(|e| e.to_string())?;
+                (spec, version, engines, package)
+            }
+        };
+        let node = npm
+            .runtime_for(engines.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let prefix = npm
+            .install(&name, &version, &spec, &node)
+            .await
+            .map_err(|e| e.to_string())?;
+        let script = bin_script(&prefix, &name).await?;
+        let record = Record {
+            package: name,
+            version: version.clone(),
+            prefix: prefix.clone(),
+            node: node.clone(),
+            script,
+        };
+        tokio::fs::create_dir_all(self.state_dir().join("logs"))
+            .await
+            .map_err(|e| e.to_string())?;
+        // A minimal local configuration: its own log file (never the shared /tmp one).
+        let config = serde_json::json!({
+            "gateway": { "mode": "local" },
+            "logging": { "file": self.state_dir().join("logs/openclaw.log") },
+        });
+        write_atomic(&self.config_path(), config.to_string().as_bytes()).await?;
+        write_atomic(
+            &self.root.join(RECORD),
+            serde_json::to_string_pretty(&record)
+                .map_err(|e| e.to_string())?
+                .as_bytes(),
+        )
+        .await?;
+        {
+            let mut inner = self.inner.lock().await;
+            if let Some(old) = inner.supervisor.take() {
+                old.stop().await;
+            }
+            inner.supervisor = Some(Supervisor::start(self.spec(&record)));
+            inner.record = Some(record);
+        }
+        let ready = self.wait_ready(Duration::from_secs(120)).await;
+        if !ready {
+            return Err(format!(
+                "installed {version}, but it did not become ready within 120 s"
+            ));
+        }
+        Ok(Installed {
+            version,
+            prefix: prefix.display().to_string(),
+            node: node.display().to_string(),
+            egress: Vec::new(),
+            duration_ms: 0,
+        })
+    }
+
+    async fn wait_ready(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if probe_ready(self.options.port).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    async fn wait_gone(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !answers(self.options.port).await {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Start, stop or restart, then verify: ready for start and restart (a restart also needs a
+    /// new start time), no longer answering for stop.
+    pub async fn action(&self, request: &ServiceAction) -> Result<ActionDone, String> {
+        let started = Instant::now();
+        let within = Duration::from_secs(if request.verify_timeout_seconds == 0 {
+            60
+        } else {
+            u64::from(request.verify_timeout_seconds)
+        });
+        let supervisor = {
+            let inner = self.inner.lock().await;
+            if inner.record.is_none() {
+                return Err("no gateway is installed on this node".into());
+            }
+            inner
+                .supervisor
+                .clone()
+                .ok_or_else(|| "the gateway has no supervisor".to_owned())?
+        };
+        let before = supervisor.status();
+        let elapsed = |t: Instant| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (verified, evidence) = match Action::try_from(request.action) {
+            Ok(Action::Start) => {
+                if !before.desired_running {
+                    supervisor.resume().await;
+                }
+                let ready = self.wait_ready(within).await;
+                let evidence = if ready {
+                    format!("ready after {} ms", elapsed(started))
+                } else {
+                    format!("not ready after {} s", within.as_secs())
+                };
+                (ready, evidence)
+            }
+            Ok(Action::Stop) => {
+                let stopped = supervisor.stop().await;
+                let gone = self.wait_gone(within).await;
+                let how = match stopped {
+                    Stopped::Graceful => "exited on SIGTERM",
+                    Stopped::Killed => "ignored SIGTERM and was killed at the deadline",
+                    Stopped::NotRunning => "was not running",
+                };
+                let evidence = if gone {
+                    format!("{how}; port closed after {} ms", elapsed(started))
+                } else {
+                    format!("{how}; still answering after {} s", within.as_secs())
+                };
+                (gone, evidence)
+            }
+            Ok(Action::Restart) => {
+                supervisor.restart().await;
+                let ready = self.wait_ready(within).await;
+                let after = supervisor.status();
+                let restarted = after.last_start_time > before.last_start_time;
+                let evidence = match (ready, restarted) {
+                    (true, true) => format!("restarted and ready after {} ms", elapsed(started)),
+                    (false, _) => format!("not ready after {} s", within.as_secs()),
+                    (true, false) => "answering, but no new start was seen".to_owned(),
+                };
+                (ready && restarted, evidence)
+            }
+            _ => return Err("unknown service action".into()),
+        };
+        Ok(ActionDone {
+            verified,
+            evidence,
+            duration_ms: elapsed(started),
+        })
+    }
+
+    /// What the control plane is told with every heartbeat.
+    pub async fn status(&self) -> GatewayStatus {
+        let (record, supervisor) = {
+            let inner = self.inner.lock().await;
+            (inner.record.clone(), inner.supervisor.clone())
+        };
+        let Some(record) = record else {
+            return GatewayStatus {
+                service_manager: "supervisor".into(),
+                ..GatewayStatus::default()
+            };
+        };
+        let status = supervisor.map(|s| s.status()).unwrap_or_default();
+        let connected = status.running && probe_ready(self.options.port).await;
+        GatewayStatus {
+            installed: true,
+            running: status.running,
+            version: record.version,
+            service_manager: "supervisor".into(),
+            config_path: self.config_path().display().to_string(),
+            last_start_unix_ms: status.last_start_time.map_or(0, |t| t.timestamp_millis()),
+            restart_count_24h: status.restart_count_24h,
+            gateway_connected: connected,
+            crash_loop: status.crash_loop,
+            last_exit: status.last_exit.unwrap_or_default(),
+        }
+    }
+
+    /// Stops the gateway when the agent shuts down.
+    pub async fn shutdown(&self) {
+        let supervisor = self.inner.lock().await.supervisor.take();
+        if let Some(s) = supervisor {
+            s.stop().await;
+        }
+    }
+}
+
+async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    tokio::fs::write(&tmp, bytes)
+        .await
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// (name, version) of a package tarball.
+async fn tarball_identity(file: &str) -> Result<(String, String), String> {
+    let out = tokio::process::Command::new("tar")
+        .args(["-xzOf", file, "package/package.json"])
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|_| format!("{file} is not a package"))?;
+    match (manifest["name"].as_str(), manifest["version"].as_str()) {
+        (Some(n), Some(v)) => Ok((n.to_owned(), v.to_owned())),
+        _ => Err(format!("{file} has no name or version")),
+    }
+}
+
+/// The installed package's executable script (its first `bin`).
+async fn bin_script(prefix: &Path, name: &str) -> Result<PathBuf, String> {
+    let dir = prefix.join("lib/node_modules").join(name);
+    let text = tokio::fs::read_to_string(dir.join("package.json"))
+        .await
+        .map_err(|e| format!("the installed package.json: {e}"))?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let relative = match &manifest["bin"] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(map) => map
+            .get(name)
+            .or_else(|| map.values().next())
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{name} declares no executable"))?;
+    Ok(dir.join(relative))
+}
+
+/// One HTTP GET on loopback with a short timeout: (status, body).
+async fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(2), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// `/readyz` answers 200 with `{"ready": true}` — the body is checked, because an unknown path
+/// answers 200 HTML.
+pub async fn probe_ready(port: u16) -> bool {
+    match get(port, "/readyz").await {
+        Some((200, body)) => {
+            // Chunked bodies: the JSON object is the part between the outer braces.
+            let json = body
+                .find('{')
+                .zip(body.rfind('}'))
+                .map(|(a, b)| &body[a..=b])
+                .unwrap_or("");
+            serde_json::from_str::<serde_json::Value>(json)
+                .is_ok_and(|v| v["ready"] == serde_json::Value::Bool(true))
+        }
+        _ => false,
+    }
+}
+
+/// Whether anything answers HTTP on the port.
+async fn answers(port: u16) -> bool {
+    get(port, "/healthz").await.is_some()
+}

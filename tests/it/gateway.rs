@@ -1,0 +1,201 @@
+//! A bare host with only the agent on it, taken to a running, verified gateway from the API:
+//! install (npm, through the governed egress path, into a versioned prefix), status, restart,
+//! stop and start — each verified on the host, each audited. The gateway here is the scenario
+//! gateway (same install path, same health endpoints); real OpenClaw is [P4]'s golden-path test.
+
+use moltops_e2e::{Agent, Fixture, ServerOptions, free_port, pack_scenario_gateway, wait_for};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn job(fx: &Fixture, job_id: &str) -> Value {
+    wait_for("the job to finish", || async {
+        let (_, job) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
+        matches!(job["status"].as_str(), Some("succeeded" | "failed")).then_some(job)
+    })
+    .await
+}
+
+async fn action(fx: &Fixture, node: &str, action: &str) -> Value {
+    let (status, accepted) = fx
+        .api
+        .confirmed(
+            Method::POST,
+            &format!("/v1/nodes/{node}/ops/action"),
+            Some(json!({ "action": action, "reason": "e2e", "params": { "verify_timeout_seconds": 30 } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["ok"], true);
+    job(fx, accepted["job_id"].as_str().unwrap()).await
+}
+
+#[tokio::test]
+async fn an_agent_installs_runs_restarts_and_stops_its_gateway_with_every_step_verified() {
+    let fx = Fixture::start(ServerOptions::default()).await;
+    let tarball = pack_scenario_gateway(&fx.dir.join("pack"));
+    let (node, state) = fx.enroll("host", json!({ "env": "lab" })).await;
+    let port = free_port().to_string();
+    let _agent = Agent::start_with(
+        &state,
+        &[
+            "--gateway-package-file",
+            tarball.to_str().unwrap(),
+            "--gateway-port",
+            &port,
+        ],
+    );
+    fx.api.wait_status(&node, "online").await;
+
+    // Before: nothing installed.
+    let (_, before) = fx
+        .api
+        .get(&format!("/v1/nodes/{node}/moltbot/status"))
+        .await;
+    assert_eq!(before["installed"], false, "{before}");
+
+    // Install: 428 first, then the job, which ends with the gateway ready.
+    let (status, accepted) = fx
+        .api
+        .confirmed(
+            Method::POST,
+            &format!("/v1/nodes/{node}/install/local"),
+            Some(
+                json!({ "method": "npm", "channel": "stable", "reason": "bring up the lab host" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(accepted["status"], "accepted");
+    let installed = job(&fx, accepted["job_id"].as_str().unwrap()).await;
+    assert_eq!(installed["status"], "succeeded", "{installed}");
+    let result = &installed["result"]["installed"];
+    assert_eq!(result["version"], "2026.9.1");
+    assert!(
+        result["prefix"]
+            .as_str()
+            .unwrap()
+            .ends_with("moltops-scenario-gateway/2026.9.1"),
+        "{result}"
+    );
+
+    // Status, as the agent reports it with its heartbeats.
+    let status = wait_for("installed, running and connected", || async {
+        let (_, s) = fx
+            .api
+            .get(&format!("/v1/nodes/{node}/moltbot/status"))
+            .await;
+        (s["installed"] == true && s["running"] == true && s["gateway_connected"] == true)
+            .then_some(s)
+    })
+    .await;
+    assert_eq!(status["version"], "2026.9.1");
+    assert_eq!(status["service_manager"], "supervisor");
+    assert_eq!(status["restart_count_24h"], 0);
+    let first_start = status["last_start_time"].as_str().unwrap().to_owned();
+
+    // Restart: verified ready again, with a new start time and the count up.
+    let restarted = action(&fx, &node, "restart").await;
+    assert_eq!(restarted["status"], "succeeded", "{restarted}");
+    assert!(
+        restarted["result"]["action"]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("ready")
+    );
+    wait_for("the restart in the status", || async {
+        let (_, s) = fx
+            .api
+            .get(&format!("/v1/nodes/{node}/moltbot/status"))
+            .await;
+        (s["restart_count_24h"] == 1
+            && s["gateway_connected"] == true
+            && s["last_start_time"].as_str() != Some(first_start.as_str()))
+        .then_some(())
+    })
+    .await;
+
+    // Stop: verified gone.
+    let stopped = action(&fx, &node, "stop").await;
+    assert_eq!(stopped["status"], "succeeded", "{stopped}");
+    assert!(
+        stopped["result"]["action"]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("port closed")
+    );
+    wait_for("stopped in the status", || async {
+        let (_, s) = fx
+            .api
+            .get(&format!("/v1/nodes/{node}/moltbot/status"))
+            .await;
+        (s["running"] == false && s["gateway_connected"] == false).then_some(())
+    })
+    .await;
+    // Start again, this time from the CLI, which waits for the verification.
+    let server = fx.server().url("");
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(moltops_e2e::binary("moltopsctl"))
+            .arg("--server")
+            .arg(&server)
+            .args(args)
+            .env("MOLTOPS_TOKEN", &fx.api.token)
+            .env("MOLTOPS_CONFIG_DIR", fx.dir.join("cli"))
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&[
+        "gateway",
+        "action",
+        &node,
+        "start",
+        "--reason",
+        "cli start",
+        "--yes",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("start: verified"), "{text}");
+    let out = wait_for("the CLI sees it running", || async {
+        let out = ctl(&["gateway", "status", &node]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("running true  ready true")
+            .then_some(out)
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("version 2026.9.1"));
+
+    // Every step is in the audit log with its reason.
+    for action in [
+        "gateway.install",
+        "gateway.restart",
+        "gateway.stop",
+        "gateway.start",
+    ] {
+        let (_, page) = fx.api.get(&format!("/v1/audit?action={action}")).await;
+        assert_eq!(
+            page["items"][0]["target_id"],
+            node.as_str(),
+            "{action}: {page}"
+        );
+        assert!(page["items"][0]["reason"].is_string(), "{action}");
+    }
+    // Unsupported actions are refused clearly.
+    let (status, body) = fx
+        .api
+        .send(
+            Method::POST,
+            &format!("/v1/nodes/{node}/ops/action"),
+            Some(json!({ "action": "upgrade", "reason": "later" })),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("validation_failed")),
+        "{body}"
+    );
+    fx.finish().await;
+}
