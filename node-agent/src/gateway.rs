@@ -30,6 +30,8 @@ pub struct Options {
     pub port: u16,
     /// Default download budget for an install.
     pub byte_budget: u64,
+    /// npm's download cache (default `<state>/npm-cache`).
+    pub npm_cache: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             package_file: None,
             port: 18789,
             byte_budget: 2 * 1024 * 1024 * 1024,
+            npm_cache: None,
         }
     }
 }
@@ -65,6 +68,7 @@ struct Inner {
 }
 
 const RECORD: &str = "gateway.json";
+const PID_FILE: &str = "gateway.pid";
 
 impl Gateway {
     /// `root` is the agent's state directory.
@@ -84,6 +88,58 @@ impl Gateway {
         self.state_dir().join("openclaw.json")
     }
 
+    /// Starts the supervisor and keeps `<state>/gateway.pid` current, so a later agent can find
+    /// a gateway this one left behind (if it was killed without stopping it).
+    fn supervise(&self, record: &Record) -> Supervisor {
+        let supervisor = Supervisor::start(self.spec(record));
+        let mut watch = supervisor.watch();
+        let pid_file = self.root.join(PID_FILE);
+        tokio::spawn(async move {
+            loop {
+                let pid = watch.borrow_and_update().pid;
+                let text = pid.map(|p| p.to_string()).unwrap_or_default();
+                let _ = tokio::fs::write(&pid_file, text).await;
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        supervisor
+    }
+
+    /// A gateway left running by an agent that was killed: stop it before starting ours (two
+    /// gateways must not share a state directory or a port). Only a process whose command line
+    /// is our gateway's script is touched.
+    async fn reap_orphan(&self, record: &Record) {
+        let Ok(text) = tokio::fs::read_to_string(self.root.join(PID_FILE)).await else {
+            return;
+        };
+        let Ok(pid) = text.trim().parse::<i32>() else {
+            return;
+        };
+        let cmdline = tokio::fs::read(format!("/proc/{pid}/cmdline"))
+            .await
+            .unwrap_or_default();
+        let script = record.script.display().to_string();
+        if !String::from_utf8_lossy(&cmdline).contains(&script) {
+            return;
+        }
+        tracing::warn!(
+            pid,
+            "a gateway from an earlier agent run is still running; stopping it"
+        );
+        let target = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+        // An abandoned gateway gets a short grace (its output pipe died with the old agent).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && alive(pid).await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if alive(pid).await {
+            let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// After an agent start: the gateway installed before runs again.
     pub async fn resume(&self) {
         let Ok(text) = tokio::fs::read_to_string(self.root.join(RECORD)).await else {
@@ -93,8 +149,9 @@ impl Gateway {
             tracing::warn!("the gateway record is unreadable; not starting the gateway");
             return;
         };
+        self.reap_orphan(&record).await;
         let mut inner = self.inner.lock().await;
-        inner.supervisor = Some(Supervisor::start(self.spec(&record)));
+        inner.supervisor = Some(self.supervise(&record));
         inner.record = Some(record);
         tracing::info!("the managed gateway is running again");
     }
@@ -158,7 +215,11 @@ impl Gateway {
         let npm = Npm {
             npm: PathBuf::from("npm"),
             root: self.root.join("gateways"),
-            cache: self.root.join("npm-cache"),
+            cache: self
+                .options
+                .npm_cache
+                .clone()
+                .unwrap_or_else(|| self.root.join("npm-cache")),
             proxy: Some(proxy.url()),
         };
         let outcome = self.install_with(&npm, request).await;
@@ -253,7 +314,8 @@ impl Gateway {
             if let Some(old) = inner.supervisor.take() {
                 old.stop().await;
             }
-            inner.supervisor = Some(Supervisor::start(self.spec(&record)));
+            self.reap_orphan(&record).await;
+            inner.supervisor = Some(self.supervise(&record));
             inner.record = Some(record);
         }
         let ready = self.wait_ready(Duration::from_secs(120)).await;
@@ -488,4 +550,16 @@ pub async fn probe_ready(port: u16) -> bool {
 /// Whether anything answers HTTP on the port.
 async fn answers(port: u16) -> bool {
     get(port, "/healthz").await.is_some()
+}
+
+/// Whether a process is running (an exited one awaiting its parent's wait — a zombie — is not).
+async fn alive(pid: i32) -> bool {
+    match tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }

@@ -67,6 +67,9 @@ enum Command {
         /// gateway for tests and demos).
         #[arg(long, env = "MOLTOPS_GATEWAY_PACKAGE_FILE")]
         gateway_package_file: Option<PathBuf>,
+        /// npm's download cache for installs (default: <state-dir>/npm-cache).
+        #[arg(long, env = "MOLTOPS_NPM_CACHE")]
+        npm_cache: Option<PathBuf>,
     },
 }
 
@@ -121,6 +124,7 @@ async fn main() -> ExitCode {
             max_backoff_seconds,
             gateway_port,
             gateway_package_file,
+            npm_cache,
         } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
@@ -129,6 +133,7 @@ async fn main() -> ExitCode {
                 gateway: moltops_agent::gateway::Options {
                     port: gateway_port,
                     package_file: gateway_package_file,
+                    npm_cache,
                     ..moltops_agent::gateway::Options::default()
                 },
                 ..RunOptions::default()

@@ -35,7 +35,7 @@ async fn an_agent_installs_runs_restarts_and_stops_its_gateway_with_every_step_v
     let tarball = pack_scenario_gateway(&fx.dir.join("pack"));
     let (node, state) = fx.enroll("host", json!({ "env": "lab" })).await;
     let port = free_port().to_string();
-    let _agent = Agent::start_with(
+    let mut agent = Agent::start_with(
         &state,
         &[
             "--gateway-package-file",
@@ -168,6 +168,60 @@ async fn an_agent_installs_runs_restarts_and_stops_its_gateway_with_every_step_v
     .await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("version 2026.9.1"));
 
+    // The agent is killed outright (no chance to stop its gateway) and started again: the new
+    // agent finds the gateway the old one left behind, stops it, and runs exactly one.
+    let orphan = std::fs::read_to_string(state.join("gateway.pid")).unwrap();
+    let orphan = orphan.trim().to_owned();
+    assert!(!orphan.is_empty());
+    agent.kill();
+    assert!(
+        std::path::Path::new(&format!("/proc/{orphan}")).exists(),
+        "the killed agent's gateway outlives it"
+    );
+    let extra = [
+        "--gateway-package-file",
+        tarball.to_str().unwrap(),
+        "--gateway-port",
+        port.as_str(),
+    ];
+    let _agent = Agent::start_with(&state, &extra);
+    let gateways_on_port = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains("scenario-gateway.js") && c.contains(&format!("--port {port}")))
+            .count()
+    };
+    let state_of = |pid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("gone")
+            .to_owned()
+    };
+    // Gone, or exited and awaiting its new parent's wait.
+    wait_for("the orphan stopped", || async {
+        matches!(state_of(&orphan).as_str(), "gone" | "Z").then_some(())
+    })
+    .await;
+    wait_for(
+        "one new gateway, ready, after the agent's restart",
+        || async {
+            let current = std::fs::read_to_string(state.join("gateway.pid")).unwrap_or_default();
+            let (_, s) = fx
+                .api
+                .get(&format!("/v1/nodes/{node}/moltbot/status"))
+                .await;
+            (current.trim() != orphan
+                && !current.trim().is_empty()
+                && s["gateway_connected"] == true
+                && gateways_on_port() == 1)
+                .then_some(())
+        },
+    )
+    .await;
+
     // Every step is in the audit log with its reason.
     for action in [
         "gateway.install",
@@ -196,6 +250,108 @@ async fn an_agent_installs_runs_restarts_and_stops_its_gateway_with_every_step_v
         (status, body["code"].as_str()),
         (422, Some("validation_failed")),
         "{body}"
+    );
+    fx.finish().await;
+}
+
+/// The golden path with the real thing: OpenClaw 2026.9.1 from npm (its `engines` want Node
+/// 22.22.3+, 24.15+ or 25.9+, so the agent provides a private runtime), through the egress proxy, to a gateway whose
+/// own `/readyz` says ready; then restart and stop, verified. npm's cache is shared between runs
+/// (under target/) so CI downloads it once.
+#[tokio::test]
+async fn real_openclaw_installs_from_npm_through_the_egress_path_and_runs_ready() {
+    let fx = Fixture::start(ServerOptions::default()).await;
+    let (node, state) = fx.enroll("openclaw-host", json!({ "env": "lab" })).await;
+    let port = free_port().to_string();
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("openclaw-npm-cache");
+    let _agent = Agent::start_with(
+        &state,
+        &[
+            "--gateway-port",
+            &port,
+            "--npm-cache",
+            cache.to_str().unwrap(),
+        ],
+    );
+    fx.api.wait_status(&node, "online").await;
+    let started = std::time::Instant::now();
+    let (status, accepted) = fx
+        .api
+        .confirmed(
+            Method::POST,
+            &format!("/v1/nodes/{node}/install/local"),
+            Some(json!({ "method": "npm", "version": "2026.9.1", "reason": "golden path" })),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    // A real install takes tens of seconds: wait in DEADLINE-sized steps, up to five minutes.
+    let mut installed = Value::Null;
+    for _ in 0..10 {
+        let (_, job) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
+        if matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
+            installed = job;
+            break;
+        }
+        let _ = tokio::time::timeout(moltops_e2e::DEADLINE, async {
+            loop {
+                let (_, job) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
+                if matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        })
+        .await;
+    }
+    assert_eq!(installed["status"], "succeeded", "{installed}");
+    let result = &installed["result"]["installed"];
+    assert_eq!(result["version"], "2026.9.1");
+    // The host's Node is too old for its `engines`: a private runtime runs it.
+    assert!(
+        result["node"]
+            .as_str()
+            .unwrap()
+            .contains("/gateways/runtime/"),
+        "{result}"
+    );
+    let egress = result["egress"].as_array().unwrap();
+    assert!(
+        !egress.is_empty() && egress.iter().all(|c| c["allowed"] == true),
+        "{result}"
+    );
+    eprintln!(
+        "golden path: install job {} ms (agent's count), {} s wall; egress {} connections, {} bytes down",
+        result["duration_ms"],
+        started.elapsed().as_secs(),
+        egress.len(),
+        egress
+            .iter()
+            .map(|c| c["bytes_down"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    );
+    let status = wait_for("OpenClaw reported ready", || async {
+        let (_, s) = fx
+            .api
+            .get(&format!("/v1/nodes/{node}/moltbot/status"))
+            .await;
+        (s["gateway_connected"] == true).then_some(s)
+    })
+    .await;
+    assert_eq!(status["version"], "2026.9.1");
+    let t = std::time::Instant::now();
+    let restarted = action(&fx, &node, "restart").await;
+    assert_eq!(restarted["status"], "succeeded", "{restarted}");
+    eprintln!(
+        "golden path: restart verified in {} ms",
+        t.elapsed().as_millis()
+    );
+    let t = std::time::Instant::now();
+    let stopped = action(&fx, &node, "stop").await;
+    assert_eq!(stopped["status"], "succeeded", "{stopped}");
+    eprintln!(
+        "golden path: stop verified in {} ms",
+        t.elapsed().as_millis()
     );
     fx.finish().await;
 }
