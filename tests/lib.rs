@@ -486,10 +486,16 @@ impl Agent {
 
     /// With extra `run` arguments (e.g. the gateway's package and port).
     pub fn start_with(state_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(state_dir, extra, &[])
+    }
+
+    /// With extra arguments and environment (which the gateway it runs inherits).
+    pub fn start_with_env(state_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(binary("moltops-agent"))
             .args(["run", "--max-backoff-seconds", "1", "--state-dir"])
             .arg(state_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -584,25 +584,41 @@ pub async fn claim_queued_commands(
 pub const OUTCOME_UNKNOWN: &str =
     "the agent's stream closed before it reported a result; the outcome on the host is unknown";
 
-/// Fails the commands sent on a stream that has ended without their results.
-pub async fn fail_in_flight(
-    db: impl PgExecutor<'_>,
+/// Deliveries before a command whose result never arrives fails as outcome unknown.
+pub const MAX_DELIVERIES: i32 = 5;
+
+/// When a node's new stream says hello: every command sent on an earlier stream of it without a
+/// result (the stream dropped, or the replica holding it died) goes back to the queue, to be
+/// delivered again on this stream (the agent's journal keeps it from running twice); one that
+/// was delivered too often fails as outcome unknown. Returns the ids that failed.
+pub async fn redeliver_in_flight(
+    db: &mut sqlx::PgConnection,
     node_id: Uuid,
     session_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let rows = sqlx::query!(
-        "update commands set status = 'failed', error = $3, completed_at = $4
-         where node_id = $1 and session_id = $2 and status = 'sent'
+    let failed = sqlx::query_scalar!(
+        "update commands set status = 'failed', error = $4, completed_at = $3
+         where node_id = $1 and status = 'sent' and session_id is distinct from $2
+               and attempts + 1 >= $5
          returning id",
         node_id,
         session_id,
+        now,
         OUTCOME_UNKNOWN,
-        now
+        MAX_DELIVERIES
     )
-    .fetch_all(db)
+    .fetch_all(&mut *db)
     .await?;
-    Ok(rows.into_iter().map(|r| r.id).collect())
+    sqlx::query!(
+        "update commands set status = 'queued', attempts = attempts + 1
+         where node_id = $1 and status = 'sent' and session_id is distinct from $2",
+        node_id,
+        session_id
+    )
+    .execute(&mut *db)
+    .await?;
+    Ok(failed)
 }
 
 /// Fails everything still pending for a node that is being revoked.
@@ -637,7 +653,7 @@ pub async fn complete_command(
     };
     let done = sqlx::query!(
         "update commands set status = $3, result = $4, error = $5, completed_at = $6
-         where id = $1 and node_id = $2 and status = 'sent'",
+         where id = $1 and node_id = $2 and status in ('sent', 'queued')",
         command_id,
         node_id,
         status,

@@ -144,12 +144,11 @@ impl Session {
         tracing::info!(node_id = %self.node_id, "agent stream closed");
     }
 
-    async fn finish(&self) -> Result<(), sqlx::Error> {
-        let now = self.state.clock.now();
+    /// Commands an earlier stream took without reporting back go out again on this one.
+    async fn redeliver(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), sqlx::Error> {
         let mut tx = self.state.pool.begin().await?;
-        fleet::record_disconnect(&mut *tx, self.node_id, self.handle.session_id).await?;
         let failed =
-            fleet::fail_in_flight(&mut *tx, self.node_id, self.handle.session_id, now).await?;
+            fleet::redeliver_in_flight(&mut tx, self.node_id, self.handle.session_id, now).await?;
         for command_id in failed {
             audit::record(
                 &mut tx,
@@ -163,11 +162,19 @@ impl Session {
                     target_id: command_id.to_string(),
                     reason: Some(fleet::OUTCOME_UNKNOWN),
                     outcome: Outcome::Failure,
-                    detail: json!({ "node_id": self.node_id }),
+                    detail: json!({ "node_id": self.node_id, "deliveries": fleet::MAX_DELIVERIES }),
                 },
             )
             .await?;
         }
+        tx.commit().await
+    }
+
+    /// The stream ended. Commands in flight on it stay "sent": the node's next stream gets them
+    /// again (see [`Self::redeliver`]); the agent's journal keeps each from running twice.
+    async fn finish(&self) -> Result<(), sqlx::Error> {
+        let mut tx = self.state.pool.begin().await?;
+        fleet::record_disconnect(&mut *tx, self.node_id, self.handle.session_id).await?;
         tx.commit().await
     }
 
@@ -206,6 +213,7 @@ impl Session {
                 if !allowed {
                     return Err(Status::permission_denied(REVOKED_MESSAGE));
                 }
+                self.redeliver(now).await.map_err(internal)?;
                 tracing::info!(%node_id, agent_version = %version, "agent connected");
                 let heartbeat = u32::try_from(self.state.settings.heartbeat_interval.as_secs())
                     .unwrap_or(u32::MAX)

@@ -9,6 +9,7 @@ pub mod enroll;
 pub mod facts;
 pub mod gateway;
 pub mod install;
+pub mod journal;
 pub mod run;
 pub mod state;
 pub mod supervisor;

@@ -115,16 +115,33 @@ pub async fn run(
     // The gateway this agent manages keeps running across reconnects; it stops with the agent.
     let gateway = crate::gateway::Gateway::new(state.root(), options.gateway.clone());
     gateway.resume().await;
-    let end = run_sessions(state, options, &node.server, &gateway, shutdown).await;
+    let journal = std::sync::Arc::new(
+        crate::journal::Journal::open(state.root()).context("opening the command journal")?,
+    );
+    journal.prune(Duration::from_secs(7 * 24 * 3600));
+    let ctx = Carried {
+        gateway: gateway.clone(),
+        journal,
+        results: mpsc::channel(256),
+    };
+    let end = run_sessions(state, options, &node.server, ctx, shutdown).await;
     gateway.shutdown().await;
     end
+}
+
+/// What outlives a session: the gateway, the command journal, and the results waiting to be
+/// sent (a result that finishes after its stream dropped goes out on the next one).
+struct Carried {
+    gateway: std::sync::Arc<crate::gateway::Gateway>,
+    journal: std::sync::Arc<crate::journal::Journal>,
+    results: (mpsc::Sender<AgentMessage>, mpsc::Receiver<AgentMessage>),
 }
 
 async fn run_sessions(
     state: &StateDir,
     options: &RunOptions,
     server: &str,
-    gateway: &std::sync::Arc<crate::gateway::Gateway>,
+    mut ctx: Carried,
     shutdown: CancellationToken,
 ) -> anyhow::Result<RunEnd> {
     let mut backoff = Backoff::new(options.backoff_base, options.backoff_cap);
@@ -132,7 +149,7 @@ async fn run_sessions(
         if certificate_expired(state)? {
             return Ok(RunEnd::CertificateExpired);
         }
-        match session(state, server, gateway, &shutdown).await {
+        match session(state, server, &mut ctx, &shutdown).await {
             Ok(SessionEnd::Shutdown) => return Ok(RunEnd::Shutdown),
             Ok(SessionEnd::Revoked) => return Ok(RunEnd::Revoked),
             Ok(SessionEnd::Disconnected { healthy }) => {
@@ -198,9 +215,10 @@ mod x509_parser_owned {
 async fn session(
     state: &StateDir,
     server: &str,
-    gateway: &std::sync::Arc<crate::gateway::Gateway>,
+    ctx: &mut Carried,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<SessionEnd> {
+    let gateway = ctx.gateway.clone();
     let config = crate::tls::mtls_config(
         &state.read_string(CA_FILE)?,
         &state.read_string(CERT_FILE)?,
@@ -242,6 +260,13 @@ async fn session(
                 drop(tx);
                 return Ok(SessionEnd::Shutdown);
             }
+            Some(result) = ctx.results.1.recv() => {
+                // Lost if the stream is gone: the control plane delivers the command again and
+                // the journal answers.
+                if tx.send(result).await.is_err() {
+                    return Ok(SessionEnd::Disconnected { healthy: healthy() });
+                }
+            }
             _ = heartbeat.tick() => {
                 sequence += 1;
                 let mut metrics = sampler.sample();
@@ -279,14 +304,32 @@ async fn session(
                     }
                     Some(ServerBody::Command(command)) => {
                         // Commands run off the session loop, so a long one never delays heartbeats.
-                        let results = tx.clone();
+                        let results = ctx.results.0.clone();
                         let gateway = gateway.clone();
+                        let journal = ctx.journal.clone();
                         tokio::spawn(async move {
                             let now_ms = SystemTime::now()
                                 .duration_since(SystemTime::UNIX_EPOCH)
                                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
                                 .unwrap_or(0);
-                            let outcome = crate::commands::execute(command.kind, now_ms, &gateway).await;
+                            let id = command.command_id.clone();
+                            let outcome = match journal.begin(&id) {
+                                crate::journal::Begin::Running => return,
+                                crate::journal::Begin::Done(outcome) => {
+                                    tracing::info!(command_id = %id, "answered a re-delivered command from the journal");
+                                    outcome
+                                }
+                                crate::journal::Begin::Interrupted => {
+                                    let outcome = crate::journal::interrupted();
+                                    journal.finish(&id, &outcome);
+                                    outcome
+                                }
+                                crate::journal::Begin::Fresh => {
+                                    let outcome = crate::commands::execute(command.kind, now_ms, &gateway).await;
+                                    journal.finish(&id, &outcome);
+                                    outcome
+                                }
+                            };
                             let result = AgentMessage {
                                 body: Some(AgentBody::CommandResult(CommandResult { command_id: command.command_id, outcome: Some(outcome) })),
                             };

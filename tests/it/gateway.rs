@@ -355,3 +355,96 @@ async fn real_openclaw_installs_from_npm_through_the_egress_path_and_runs_ready(
     );
     fx.finish().await;
 }
+
+/// Exactly once across a control-plane restart mid-command: a restart whose verification takes
+/// seconds (the gateway starts slowly) is in flight when the control plane restarts; the command
+/// is delivered again to the reconnected agent while it still runs (the journal knows), and the
+/// result reaches the new control plane. Then a finished command whose result the control plane
+/// lost is delivered again and answered from the journal. The gateway restarted exactly once.
+#[tokio::test]
+async fn a_command_in_flight_during_a_control_plane_restart_runs_exactly_once() {
+    let mut fx = Fixture::start(ServerOptions::default()).await;
+    let tarball = pack_scenario_gateway(&fx.dir.join("pack"));
+    let (node, state) = fx.enroll("host", json!({})).await;
+    let port = free_port().to_string();
+    let agent = Agent::start_with_env(
+        &state,
+        &[
+            "--gateway-package-file",
+            tarball.to_str().unwrap(),
+            "--gateway-port",
+            &port,
+        ],
+        &[("SCENARIO_START_DELAY_MS", "3000")],
+    );
+    fx.api.wait_status(&node, "online").await;
+    let (status, accepted) = fx
+        .api
+        .confirmed(
+            Method::POST,
+            &format!("/v1/nodes/{node}/install/local"),
+            Some(json!({ "method": "npm", "reason": "setup" })),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(
+        job(&fx, accepted["job_id"].as_str().unwrap()).await["status"],
+        "succeeded"
+    );
+    let (status, accepted) = fx
+        .api
+        .confirmed(
+            Method::POST,
+            &format!("/v1/nodes/{node}/ops/action"),
+            Some(json!({ "action": "restart", "reason": "exactly once" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{accepted}");
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    wait_for("the restart to be on the host", || async {
+        let (_, j) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
+        (j["status"] == "sent").then_some(())
+    })
+    .await;
+    // The control plane restarts while the host is still verifying the restart.
+    fx.restart_server().await;
+    let done = job(&fx, &job_id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The control plane "loses" the finished result (as if the stream had dropped before it
+    // arrived), and a new stream comes: the command goes out again.
+    {
+        let mut conn = fx.db.as_ref().unwrap().connect().await;
+        sqlx::query("update commands set status = 'sent', result = null, completed_at = null where id = $1::uuid")
+            .bind(&job_id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    fx.restart_server().await;
+    let again = job(&fx, &job_id).await;
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(
+        again["result"], done["result"],
+        "the recorded result, not a new run"
+    );
+    wait_for("the journal's answer to the re-delivery", || async {
+        agent
+            .log_text()
+            .contains("answered a re-delivered command from the journal")
+            .then_some(())
+    })
+    .await;
+    let status = wait_for("the status after the restart", || async {
+        let (_, s) = fx
+            .api
+            .get(&format!("/v1/nodes/{node}/moltbot/status"))
+            .await;
+        (s["gateway_connected"] == true).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        status["restart_count_24h"], 1,
+        "restarted exactly once: {status}"
+    );
+    fx.finish().await;
+}
