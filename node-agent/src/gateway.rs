@@ -59,6 +59,8 @@ pub struct Gateway {
     options: Options,
     root: PathBuf,
     inner: tokio::sync::Mutex<Inner>,
+    /// Woken on every supervisor status change, so the agent reports it at once.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -77,6 +79,7 @@ impl Gateway {
             options,
             root: root.to_path_buf(),
             inner: tokio::sync::Mutex::new(Inner::default()),
+            changed: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -94,11 +97,13 @@ impl Gateway {
         let supervisor = Supervisor::start(self.spec(record));
         let mut watch = supervisor.watch();
         let pid_file = self.root.join(PID_FILE);
+        let changed = self.changed.clone();
         tokio::spawn(async move {
             loop {
                 let pid = watch.borrow_and_update().pid;
                 let text = pid.map(|p| p.to_string()).unwrap_or_default();
                 let _ = tokio::fs::write(&pid_file, text).await;
+                changed.notify_one();
                 if watch.changed().await.is_err() {
                     return;
                 }
@@ -423,6 +428,11 @@ impl Gateway {
             evidence,
             duration_ms: elapsed(started),
         })
+    }
+
+    /// Resolves when the gateway's state changed (started, exited, stopped).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// What the control plane is told with every heartbeat.

@@ -267,6 +267,17 @@ async fn session(
                     return Ok(SessionEnd::Disconnected { healthy: healthy() });
                 }
             }
+            () = gateway.changed() => {
+                // The gateway changed state: report it now, not at the next heartbeat.
+                sequence += 1;
+                let status = gateway.status().await;
+                let mut metrics = sampler.sample();
+                metrics.restart_count_24h = status.restart_count_24h;
+                let beat = Heartbeat { sequence, metrics: Some(metrics), gateway: Some(status) };
+                if tx.send(AgentMessage { body: Some(AgentBody::Heartbeat(beat)) }).await.is_err() {
+                    return Ok(SessionEnd::Disconnected { healthy: healthy() });
+                }
+            }
             _ = heartbeat.tick() => {
                 sequence += 1;
                 let mut metrics = sampler.sample();

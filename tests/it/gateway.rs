@@ -448,3 +448,57 @@ async fn a_command_in_flight_during_a_control_plane_restart_runs_exactly_once() 
     );
     fx.finish().await;
 }
+
+/// The agent reports a change of the gateway's state at once, not at its next heartbeat (a
+/// minute away here).
+#[tokio::test]
+async fn gateway_state_changes_are_pushed_without_waiting_for_a_heartbeat() {
+    let fx = Fixture::start(ServerOptions {
+        heartbeat_seconds: 60,
+        ..ServerOptions::default()
+    })
+    .await;
+    let tarball = pack_scenario_gateway(&fx.dir.join("pack"));
+    let (node, state) = fx.enroll("host", json!({})).await;
+    let port = free_port().to_string();
+    let _agent = Agent::start_with(
+        &state,
+        &[
+            "--gateway-package-file",
+            tarball.to_str().unwrap(),
+            "--gateway-port",
+            &port,
+        ],
+    );
+    fx.api.wait_status(&node, "online").await;
+    let (_, accepted) = fx
+        .api
+        .confirmed(
+            Method::POST,
+            &format!("/v1/nodes/{node}/install/local"),
+            Some(json!({ "method": "npm", "reason": "push test" })),
+        )
+        .await;
+    assert_eq!(
+        job(&fx, accepted["job_id"].as_str().unwrap()).await["status"],
+        "succeeded"
+    );
+    wait_for("installed and running, pushed", || async {
+        let (_, s) = fx
+            .api
+            .get(&format!("/v1/nodes/{node}/moltbot/status"))
+            .await;
+        (s["installed"] == true && s["running"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(action(&fx, &node, "stop").await["status"], "succeeded");
+    wait_for("stopped, pushed", || async {
+        let (_, s) = fx
+            .api
+            .get(&format!("/v1/nodes/{node}/moltbot/status"))
+            .await;
+        (s["running"] == false).then_some(())
+    })
+    .await;
+    fx.finish().await;
+}
