@@ -435,7 +435,10 @@ async fn record_command_result(
         .await
         .map_err(internal)?;
     if !completed {
-        // Not this node's, or not outstanding: ignore rather than let one agent probe others.
+        // Not this node's, or already finished (a journal's answer to a re-delivery, or a result
+        // that arrived after the command was given up on): ignore rather than let one agent
+        // probe others, but say so.
+        tracing::info!(%node_id, %command_id, "ignored a result for a command that is not outstanding");
         return Ok(());
     }
     audit::record(

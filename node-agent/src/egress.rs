@@ -190,11 +190,10 @@ async fn handle(mut client: TcpStream, policy: &Policy, used: &AtomicU64) -> Opt
             .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
             .unwrap_or("/");
         let version = parts.next().unwrap_or("HTTP/1.1");
-        let rest = text.split_once("\r\n").map_or("", |(_, r)| r);
         (
-            host,
+            host.clone(),
             port,
-            Some(format!("{method} {path} {version}\r\n{rest}").into_bytes()),
+            Some(origin_form(&text, method, path, version, &host, port)),
         )
     };
     let mut report = Report {
@@ -259,7 +258,41 @@ async fn handle(mut client: TcpStream, policy: &Policy, used: &AtomicU64) -> Opt
     Some(report)
 }
 
+/// A proxied plain-HTTP request in origin form, its `Host` header the checked target's whatever
+/// the client wrote.
+fn origin_form(
+    head: &str,
+    method: &str,
+    path: &str,
+    version: &str,
+    host: &str,
+    port: u16,
+) -> Vec<u8> {
+    let mut out = format!("{method} {path} {version}\r\nHost: {host}:{port}\r\n");
+    for line in head
+        .split("\r\n")
+        .skip(1)
+        .filter(|l| !l.is_empty() && !l.to_ascii_lowercase().starts_with("host:"))
+    {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
 async fn read_head(client: &mut TcpStream) -> Option<Vec<u8>> {
+    // A client that does not finish its request head promptly is dropped.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        read_head_unbounded(client),
+    )
+    .await
+    .ok()
+    .flatten()
+}
+
+async fn read_head_unbounded(client: &mut TcpStream) -> Option<Vec<u8>> {
     let mut head = Vec::with_capacity(1024);
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -326,6 +359,25 @@ async fn pipe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_is_forwarded_to_the_checked_host_only() {
+        let head =
+            "GET http://mirror.test:8080/pkg HTTP/1.1\r\nHost: evil.test\r\nAccept: */*\r\n\r\n";
+        let out = String::from_utf8(origin_form(
+            head,
+            "GET",
+            "/pkg",
+            "HTTP/1.1",
+            "mirror.test",
+            8080,
+        ))
+        .unwrap();
+        assert_eq!(
+            out,
+            "GET /pkg HTTP/1.1\r\nHost: mirror.test:8080\r\nAccept: */*\r\n\r\n"
+        );
+    }
 
     #[test]
     fn urls_give_host_and_port() {

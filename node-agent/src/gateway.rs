@@ -61,6 +61,8 @@ pub struct Gateway {
     inner: tokio::sync::Mutex<Inner>,
     /// Woken on every supervisor status change, so the agent reports it at once.
     changed: Arc<tokio::sync::Notify>,
+    /// Installs and actions on the gateway run one at a time, in the order they arrive.
+    operations: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -71,6 +73,23 @@ struct Inner {
 
 const RECORD: &str = "gateway.json";
 const PID_FILE: &str = "gateway.pid";
+/// Present while an operator wants the gateway stopped.
+const STOPPED_FILE: &str = "gateway.stopped";
+
+async fn set_desired(root: &Path, running: bool) {
+    let path = root.join(STOPPED_FILE);
+    if running {
+        let _ = tokio::fs::remove_file(path).await;
+    } else {
+        let _ = tokio::fs::write(path, b"").await;
+    }
+}
+
+async fn desired(root: &Path) -> bool {
+    !tokio::fs::try_exists(root.join(STOPPED_FILE))
+        .await
+        .unwrap_or(false)
+}
 
 impl Gateway {
     /// `root` is the agent's state directory.
@@ -80,6 +99,7 @@ impl Gateway {
             root: root.to_path_buf(),
             inner: tokio::sync::Mutex::new(Inner::default()),
             changed: Arc::new(tokio::sync::Notify::new()),
+            operations: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -155,10 +175,17 @@ impl Gateway {
             return;
         };
         self.reap_orphan(&record).await;
+        let supervisor = self.supervise(&record);
+        if !desired(&self.root).await {
+            // An operator stopped it: it stays stopped until started.
+            supervisor.stop().await;
+            tracing::info!("the managed gateway stays stopped, as an operator left it");
+        } else {
+            tracing::info!("the managed gateway is running again");
+        }
         let mut inner = self.inner.lock().await;
-        inner.supervisor = Some(self.supervise(&record));
+        inner.supervisor = Some(supervisor);
         inner.record = Some(record);
-        tracing::info!("the managed gateway is running again");
     }
 
     fn spec(&self, record: &Record) -> Spec {
@@ -195,6 +222,7 @@ impl Gateway {
 
     /// Installs (or switches to) the requested version, starts it and waits until it is ready.
     pub async fn install(&self, request: &Install) -> Result<Installed, String> {
+        let _one_at_a_time = self.operations.lock().await;
         let started = Instant::now();
         if request.method != "npm" {
             return Err(format!(
@@ -314,16 +342,20 @@ impl Gateway {
                 .as_bytes(),
         )
         .await?;
+        // The status path must never wait behind a stop (up to the stop deadline).
+        let old = self.inner.lock().await.supervisor.take();
+        if let Some(old) = old {
+            old.stop().await;
+        }
+        self.reap_orphan(&record).await;
+        let supervisor = self.supervise(&record);
         {
             let mut inner = self.inner.lock().await;
-            if let Some(old) = inner.supervisor.take() {
-                old.stop().await;
-            }
-            self.reap_orphan(&record).await;
-            inner.supervisor = Some(self.supervise(&record));
+            inner.supervisor = Some(supervisor.clone());
             inner.record = Some(record);
         }
-        let ready = self.wait_ready(Duration::from_secs(120)).await;
+        set_desired(&self.root, true).await;
+        let ready = self.wait_ready(&supervisor, Duration::from_secs(120)).await;
         if !ready {
             return Err(format!(
                 "installed {version}, but it did not become ready within 120 s"
@@ -338,10 +370,18 @@ impl Gateway {
         })
     }
 
-    async fn wait_ready(&self, within: Duration) -> bool {
+    /// Ready means: our supervised process is running, the same one throughout, and the port
+    /// answers ready — so another process on the port, or one that crashes while an old one still
+    /// answers, is not mistaken for success.
+    async fn wait_ready(&self, supervisor: &Supervisor, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if probe_ready(self.options.port).await {
+            let before = supervisor.status();
+            if before.running
+                && probe_ready(self.options.port).await
+                && supervisor.status().pid == before.pid
+                && supervisor.status().running
+            {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -363,6 +403,7 @@ impl Gateway {
     /// Start, stop or restart, then verify: ready for start and restart (a restart also needs a
     /// new start time), no longer answering for stop.
     pub async fn action(&self, request: &ServiceAction) -> Result<ActionDone, String> {
+        let _one_at_a_time = self.operations.lock().await;
         let started = Instant::now();
         let within = Duration::from_secs(if request.verify_timeout_seconds == 0 {
             60
@@ -386,7 +427,8 @@ impl Gateway {
                 if !before.desired_running {
                     supervisor.resume().await;
                 }
-                let ready = self.wait_ready(within).await;
+                set_desired(&self.root, true).await;
+                let ready = self.wait_ready(&supervisor, within).await;
                 let evidence = if ready {
                     format!("ready after {} ms", elapsed(started))
                 } else {
@@ -395,6 +437,8 @@ impl Gateway {
                 (ready, evidence)
             }
             Ok(Action::Stop) => {
+                // An operator's stop lasts: a restarted agent does not start it again.
+                set_desired(&self.root, false).await;
                 let stopped = supervisor.stop().await;
                 let gone = self.wait_gone(within).await;
                 let how = match stopped {
@@ -410,8 +454,9 @@ impl Gateway {
                 (gone, evidence)
             }
             Ok(Action::Restart) => {
+                set_desired(&self.root, true).await;
                 supervisor.restart().await;
-                let ready = self.wait_ready(within).await;
+                let ready = self.wait_ready(&supervisor, within).await;
                 let after = supervisor.status();
                 let restarted = after.last_start_time > before.last_start_time;
                 let evidence = match (ready, restarted) {
@@ -448,7 +493,11 @@ impl Gateway {
             };
         };
         let status = supervisor.map(|s| s.status()).unwrap_or_default();
-        let connected = status.running && probe_ready(self.options.port).await;
+        // A quick probe: this runs on the agent's session loop.
+        let connected = status.running
+            && tokio::time::timeout(Duration::from_millis(500), probe_ready(self.options.port))
+                .await
+                .unwrap_or(false);
         GatewayStatus {
             installed: true,
             running: status.running,

@@ -99,9 +99,13 @@ impl Npm {
             .args(["--no-audit", "--no-fund", "--fetch-retries", "1"])
             .env_remove("HTTP_PROXY")
             .env_remove("HTTPS_PROXY")
+            // Nothing may route around the governed proxy.
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .env_remove("npm_config_noproxy")
             .stdin(std::process::Stdio::null());
         if let Some(proxy) = &self.proxy {
-            command.args(["--proxy", proxy, "--https-proxy", proxy]);
+            command.args(["--proxy", proxy, "--https-proxy", proxy, "--noproxy", ""]);
         }
         if let Some(node) = node.and_then(Path::parent) {
             // Lifecycle scripts run with the runtime the package needs.
@@ -203,11 +207,14 @@ impl Npm {
         if host.is_some_and(|v| satisfies(range, v)) {
             return Ok(PathBuf::from("node"));
         }
-        // Majors the range names, newest first; the private runtime package is per major.
+        // Majors the range names that it can accept at all (their newest release would do),
+        // newest first; the private runtime package is per major. A major that appears only as
+        // an upper bound (`<23`) is never downloaded.
         let mut majors: Vec<u64> = range
             .split(|c: char| !c.is_ascii_digit() && c != '.')
             .filter_map(|t| t.split('.').next()?.parse().ok())
             .filter(|m| (18..100).contains(m))
+            .filter(|m| satisfies(range, Version(*m, u64::from(u32::MAX), u64::from(u32::MAX))))
             .collect();
         majors.sort_unstable();
         majors.dedup();

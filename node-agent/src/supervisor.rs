@@ -155,6 +155,8 @@ struct State {
     status: Status,
     starts: VecDeque<Instant>,
     crashes: VecDeque<Instant>,
+    /// The very first start: not a restart.
+    first_start: Option<Instant>,
 }
 
 impl State {
@@ -174,7 +176,10 @@ impl State {
             self.crashes.pop_front();
         }
         let count = |q: &VecDeque<Instant>| u32::try_from(q.len()).unwrap_or(u32::MAX);
-        self.status.restart_count_24h = count(&self.starts).saturating_sub(1);
+        let first_in_window = u32::from(
+            self.starts.front().is_some() && self.starts.front() == self.first_start.as_ref(),
+        );
+        self.status.restart_count_24h = count(&self.starts).saturating_sub(first_in_window);
         self.status.crash_count_24h = count(&self.crashes);
     }
 }
@@ -187,6 +192,7 @@ async fn run(spec: Spec, mut inbox: mpsc::Receiver<Control>, publish: watch::Sen
         },
         starts: VecDeque::new(),
         crashes: VecDeque::new(),
+        first_start: None,
     };
     let mut backoff = Duration::ZERO;
     loop {
@@ -221,6 +227,7 @@ async fn run(spec: Spec, mut inbox: mpsc::Receiver<Control>, publish: watch::Sen
         };
         let started = Instant::now();
         state.starts.push_back(started);
+        state.first_start.get_or_insert(started);
         state.status.running = true;
         state.status.pid = child.id();
         state.status.last_start_time = Some(wall_now());
@@ -355,7 +362,11 @@ fn record_crash(
         .iter()
         .filter(|t| now.duration_since(**t) <= spec.crash_loop_window)
         .count();
-    state.status.crash_loop = recent >= spec.crash_loop_exits;
+    // Once in a crash loop, it stays one until a run lasts (or an operator stops it): a backoff
+    // longer than the window must not quietly clear the verdict.
+    let stable = now.duration_since(started) >= spec.stable_after;
+    state.status.crash_loop =
+        !stable && (state.status.crash_loop || recent >= spec.crash_loop_exits);
     *backoff = if now.duration_since(started) >= spec.stable_after {
         spec.backoff_initial
     } else {

@@ -461,15 +461,13 @@ async fn gateway_state_changes_are_pushed_without_waiting_for_a_heartbeat() {
     let tarball = pack_scenario_gateway(&fx.dir.join("pack"));
     let (node, state) = fx.enroll("host", json!({})).await;
     let port = free_port().to_string();
-    let _agent = Agent::start_with(
-        &state,
-        &[
-            "--gateway-package-file",
-            tarball.to_str().unwrap(),
-            "--gateway-port",
-            &port,
-        ],
-    );
+    let args = [
+        "--gateway-package-file",
+        tarball.to_str().unwrap(),
+        "--gateway-port",
+        &port,
+    ];
+    let agent = Agent::start_with(&state, &args);
     fx.api.wait_status(&node, "online").await;
     let (_, accepted) = fx
         .api
@@ -500,5 +498,20 @@ async fn gateway_state_changes_are_pushed_without_waiting_for_a_heartbeat() {
         (s["running"] == false).then_some(())
     })
     .await;
+    // An operator's stop lasts across an agent restart.
+    drop(agent);
+    let agent = Agent::start_with(&state, &args);
+    wait_for("the restarted agent to say so", || async {
+        agent
+            .log_text()
+            .contains("stays stopped, as an operator left it")
+            .then_some(())
+    })
+    .await;
+    let (_, s) = fx
+        .api
+        .get(&format!("/v1/nodes/{node}/moltbot/status"))
+        .await;
+    assert_eq!(s["running"], false, "{s}");
     fx.finish().await;
 }

@@ -180,12 +180,16 @@ pub async fn install(
         Channel::Nightly => "nightly",
     };
     let version = body.version.unwrap_or_default();
-    if !version.is_empty()
-        && (version.len() > 64
-            || !version
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
-    {
+    // Exact: three numeric fields, an optional pre-release tag (npm would read `2026` as a range).
+    let (core, pre) = version.split_once('-').unwrap_or((version.as_str(), ""));
+    let exact = core.split('.').count() == 3
+        && core
+            .split('.')
+            .all(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+        && pre
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if !version.is_empty() && (version.len() > 64 || !exact) {
         return Err(ApiError::validation(
             "version must be an exact version such as 2026.9.1",
         ));
