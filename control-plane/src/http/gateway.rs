@@ -69,8 +69,8 @@ pub struct JobAccepted {
     pub status: &'static str,
 }
 
-/// Loads the node for a command: 404 outside the scope, 409 when revoked.
-async fn commandable(
+/// Loads the node for a command (locked for share): 404 outside the scope, 409 when revoked.
+pub(super) async fn commandable(
     tx: &mut sqlx::PgConnection,
     principal: &Principal,
     node_id: Uuid,

@@ -371,20 +371,7 @@ pub async fn ping(
     principal.authorize(Action::CommandsCreate)?;
     let now = state.clock.now();
     let mut tx = state.pool.begin().await?;
-    let node = sqlx::query!(
-        "select revoked_at, labels from nodes where id = $1 for share",
-        node_id
-    )
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found("no such node"))?;
-    principal.authorize_node(
-        Action::CommandsCreate,
-        &serde_json::from_value(node.labels).unwrap_or_default(),
-    )?;
-    if node.revoked_at.is_some() {
-        return Err(ApiError::conflict("the node is revoked"));
-    }
+    super::gateway::commandable(&mut tx, &principal, node_id).await?;
     let command = fleet::enqueue_command(
         &mut tx,
         node_id,
