@@ -500,6 +500,31 @@ pub struct CommandRow {
 
 /// Queues a command and wakes whichever replica holds the node's stream (the notification is
 /// delivered on commit).
+/// A command not delivered within this long expires instead.
+pub const COMMAND_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+/// Why an expired command did not run.
+pub const EXPIRED: &str = "not delivered before its deadline (the node was away); it did not run";
+
+/// Expires the commands that were never delivered and whose deadline passed; returns
+/// (command id, node id) of each. A command that was delivered once is not expired: it is
+/// delivered again until its true result arrives.
+pub async fn expire_commands(
+    db: impl PgExecutor<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "update commands set status = 'expired', error = $2, completed_at = $1
+         where status = 'queued' and attempts = 0 and deadline_at < $1
+         returning id, node_id",
+        now,
+        EXPIRED
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.node_id)).collect())
+}
+
 pub async fn enqueue_command(
     conn: &mut PgConnection,
     node_id: Uuid,
@@ -510,15 +535,16 @@ pub async fn enqueue_command(
 ) -> Result<CommandRow, sqlx::Error> {
     let row = sqlx::query_as!(
         CommandRow,
-        "insert into commands (id, node_id, kind, status, payload, created_by, created_at)
-         values ($1, $2, $3, 'queued', $4, $5, $6)
+        "insert into commands (id, node_id, kind, status, payload, created_by, created_at, deadline_at)
+         values ($1, $2, $3, 'queued', $4, $5, $6, $7)
          returning id, node_id, kind, status, result, error, created_by, created_at, sent_at, completed_at",
         Uuid::now_v7(),
         node_id,
         kind,
         payload,
         created_by,
-        now
+        now,
+        now + COMMAND_TTL
     )
     .fetch_one(&mut *conn)
     .await?;
@@ -563,6 +589,7 @@ pub async fn claim_queued_commands(
         "update commands set status = 'sent', sent_at = $3, session_id = $2
          where id in (select c.id from commands c
                       where c.node_id = $1 and c.status = 'queued'
+                        and (c.attempts > 0 or c.deadline_at is null or c.deadline_at >= $3)
                         and exists (select 1 from nodes n
                                     where n.id = $1 and n.session_id = $2 and n.revoked_at is null)
                       order by c.created_at, c.id limit $4 for update skip locked)

@@ -271,9 +271,9 @@ pub async fn run(
     }
 }
 
-/// Signs the audit chain's head every `interval` (if it moved), so a truncation or rewrite is
-/// detectable against the last checkpoint kept elsewhere. Any replica may sign; the head only
-/// gets one checkpoint.
+/// Housekeeping every `interval`: expires overdue undelivered commands, and signs the audit
+/// chain's head (if it moved), so a truncation or rewrite is detectable against the last
+/// checkpoint kept elsewhere. Any replica may do both; the head only gets one checkpoint.
 async fn checkpoints(state: AppState, interval: Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -282,12 +282,42 @@ async fn checkpoints(state: AppState, interval: Duration, shutdown: Cancellation
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        if let Err(e) = expire(&state).await {
+            tracing::warn!(error = %e, "could not expire overdue commands");
+        }
         match crate::audit_keys::checkpoint(&state.pool, &state.signer, state.clock.now()).await {
             Ok(Some(cp)) => tracing::debug!(seq = cp.seq, "signed an audit checkpoint"),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "could not sign an audit checkpoint"),
         }
     }
+}
+
+/// Expires overdue undelivered commands, each with its audit row.
+pub async fn expire(state: &AppState) -> Result<usize, sqlx::Error> {
+    let now = state.clock.now();
+    let mut tx = state.pool.begin().await?;
+    let expired = crate::fleet::expire_commands(&mut *tx, now).await?;
+    for (command_id, node_id) in &expired {
+        crate::audit::record(
+            &mut tx,
+            now,
+            crate::audit::AuditEvent {
+                actor: &crate::auth::Actor::System {
+                    what: "command-deadline",
+                },
+                action: "command.expire",
+                target_kind: "command",
+                target_id: command_id.to_string(),
+                reason: Some(crate::fleet::EXPIRED),
+                outcome: crate::audit::Outcome::Failure,
+                detail: serde_json::json!({ "node_id": node_id }),
+            },
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(expired.len())
 }
 
 /// The default clock.

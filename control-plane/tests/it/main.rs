@@ -8,6 +8,7 @@ mod audit;
 mod audit_walk;
 mod confirm;
 mod contract;
+mod deadlines;
 mod matrix;
 mod pairing;
 mod registry;
