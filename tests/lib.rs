@@ -47,7 +47,16 @@ pub fn scratch(label: &str) -> PathBuf {
 }
 
 /// Polls `check` until it returns `Some`, or fails the test after [`DEADLINE`].
-pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    wait_for_within(what, DEADLINE, check).await
+}
+
+/// [`wait_for`] with its own deadline, for steps that really take minutes (a real install).
+pub async fn wait_for_within<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -58,8 +67,8 @@ where
             return v;
         }
         assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -130,8 +130,8 @@ async fn a_runtime_the_host_lacks_is_provided_privately_through_the_egress_proxy
     })
     .await
     .unwrap();
-    // Shared between runs under target/, like the npm cache.
-    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-prefix");
+    // A fresh prefix, so the runtime really is fetched through the proxy (npm's cache is shared).
+    let root = scratch("runtime");
     let npm = Npm {
         npm: PathBuf::from("npm"),
         root: root.clone(),
@@ -151,4 +151,10 @@ async fn a_runtime_the_host_lacks_is_provided_privately_through_the_egress_proxy
         .unwrap();
     let version = Version::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert!(satisfies(range, version), "{version}");
+    let through = proxy.reports();
+    assert!(
+        through.iter().any(|r| r.allowed && r.host == registry),
+        "the runtime came through the proxy: {through:?}"
+    );
+    let _ = std::fs::remove_dir_all(root);
 }

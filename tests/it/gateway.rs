@@ -285,25 +285,16 @@ async fn real_openclaw_installs_from_npm_through_the_egress_path_and_runs_ready(
         .await;
     assert_eq!(status, 202, "{accepted}");
     let job_id = accepted["job_id"].as_str().unwrap().to_owned();
-    // A real install takes tens of seconds: wait in DEADLINE-sized steps, up to five minutes.
-    let mut installed = Value::Null;
-    for _ in 0..10 {
-        let (_, job) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
-        if matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
-            installed = job;
-            break;
-        }
-        let _ = tokio::time::timeout(moltops_e2e::DEADLINE, async {
-            loop {
-                let (_, job) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
-                if matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-        })
-        .await;
-    }
+    // A real install takes tens of seconds: allow up to five minutes.
+    let installed = moltops_e2e::wait_for_within(
+        "the install job",
+        std::time::Duration::from_secs(300),
+        || async {
+            let (_, job) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
+            matches!(job["status"].as_str(), Some("succeeded" | "failed")).then_some(job)
+        },
+    )
+    .await;
     assert_eq!(installed["status"], "succeeded", "{installed}");
     let result = &installed["result"]["installed"];
     assert_eq!(result["version"], "2026.9.1");

@@ -194,6 +194,32 @@ async fn tamper(pool: &PgPool, statements: &[&str]) {
     tx.commit().await.unwrap();
 }
 
+/// What someone with database access and the chain's encoding would do: edit row `seq`, then
+/// recompute every hash after it and the head, so the chain itself is consistent again.
+async fn rewrite_consistently(pool: &PgPool, seq: i64) {
+    let mut rows = audit::rows_after(pool, seq - 1, 1000).await.unwrap();
+    rows[0].detail = json!({ "n": seq, "rewritten": true });
+    let mut prev = rows[0].prev_hash.clone().unwrap();
+    let mut statements = Vec::new();
+    for row in &rows {
+        let hash = audit::chain_hash(&prev, row);
+        statements.push(format!(
+            "update audit_events set detail = '{}', prev_hash = '\\x{}', hash = '\\x{}' where seq = {}",
+            row.detail,
+            hex::encode(&prev),
+            hex::encode(&hash),
+            row.seq
+        ));
+        prev = hash;
+    }
+    statements.push(format!(
+        "update audit_head set hash = '\\x{}'",
+        hex::encode(&prev)
+    ));
+    let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
+    tamper(pool, &refs).await;
+}
+
 fn broken_at(result: &audit::Verification, seq: i64, words: &str) {
     assert!(!result.ok, "{result:?}");
     assert_eq!(result.first_bad_seq, Some(seq), "{result:?}");
@@ -275,27 +301,7 @@ async fn a_consistent_rewrite_is_detected_by_a_checkpoint_even_one_kept_elsewher
     let exported = audit_keys::stored(&pool).await.unwrap();
     // Someone with database access edits row 2 and recomputes every hash after it, so the chain
     // itself is consistent again.
-    let mut rows = audit::rows_after(&pool, 0, 100).await.unwrap();
-    rows[1].detail = json!({ "n": 2, "rewritten": true });
-    let mut prev = audit::GENESIS.to_vec();
-    let mut statements = Vec::new();
-    for row in &mut rows {
-        let hash = audit::chain_hash(&prev, row);
-        statements.push(format!(
-            "update audit_events set detail = '{}', prev_hash = '\\x{}', hash = '\\x{}' where seq = {}",
-            row.detail,
-            hex::encode(&prev),
-            hex::encode(&hash),
-            row.seq
-        ));
-        prev = hash;
-    }
-    statements.push(format!(
-        "update audit_head set hash = '\\x{}'",
-        hex::encode(&prev)
-    ));
-    let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
-    tamper(&pool, &refs).await;
+    rewrite_consistently(&pool, 2).await;
     // The stored checkpoints (signed; the key is not in the database) catch it...
     broken_at(&verify(&pool).await, 10, "rewritten");
     // ...and if the stored checkpoints are deleted too, the chain alone looks fine —
@@ -379,27 +385,7 @@ async fn the_key_never_signs_a_head_that_does_not_follow_from_its_last_checkpoin
     }
     // Rewrite row 12 (before the checkpoint at 20) and every hash after it, head included:
     // consistent, but not what the key signed.
-    let mut rows = audit::rows_after(&pool, 10, 100).await.unwrap();
-    rows[1].detail = json!({ "n": 12, "rewritten": true });
-    let mut prev = rows[0].hash.clone().unwrap();
-    let mut statements = Vec::new();
-    for row in rows.iter_mut().skip(1) {
-        let hash = audit::chain_hash(&prev, row);
-        statements.push(format!(
-            "update audit_events set detail = '{}', prev_hash = '\\x{}', hash = '\\x{}' where seq = {}",
-            row.detail,
-            hex::encode(&prev),
-            hex::encode(&hash),
-            row.seq
-        ));
-        prev = hash;
-    }
-    statements.push(format!(
-        "update audit_head set hash = '\\x{}'",
-        hex::encode(&prev)
-    ));
-    let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
-    tamper(&pool, &refs).await;
+    rewrite_consistently(&pool, 12).await;
     let refused = audit_keys::checkpoint(&pool, &signer, t0())
         .await
         .unwrap_err();
