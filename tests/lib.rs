@@ -397,6 +397,28 @@ impl Api {
         self.send(reqwest::Method::GET, path, None).await
     }
 
+    /// Opens a job's Server-Sent Events stream after event `after`.
+    pub async fn job_events(&self, job_id: &str, after: u64) -> JobEvents {
+        let response = self
+            .client
+            .get(format!("{}/v1/jobs/{job_id}/events", self.base))
+            .bearer_auth(&self.token)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", after.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        JobEvents {
+            response,
+            buffer: String::new(),
+        }
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
@@ -827,4 +849,54 @@ pub fn pack_scenario_gateway(dir: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     dir.join(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// A job's live event stream, one event at a time.
+pub struct JobEvents {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl JobEvents {
+    /// The next event as (id, data); none when the stream ended (the job is over). Keep-alive
+    /// comments are skipped.
+    pub async fn next(&mut self) -> Option<(u64, Value)> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                        .map(|v| v.trim().to_owned())
+                };
+                if let (Some(id), Some(data)) = (field("id"), field("data")) {
+                    return Some((id.parse().unwrap(), serde_json::from_str(&data).unwrap()));
+                }
+                continue;
+            }
+            let chunk = self.response.chunk().await.ok()??;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Reads events until one matches; panics if the stream ends first.
+    pub async fn until(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> (u64, Value) {
+        loop {
+            match self.next().await {
+                Some((id, e)) if matches(&e) => return (id, e),
+                Some(_) => {}
+                None => panic!("the event stream ended before {what}"),
+            }
+        }
+    }
+
+    /// Every remaining event, to the end of the stream.
+    pub async fn rest(&mut self) -> Vec<(u64, Value)> {
+        let mut all = Vec::new();
+        while let Some(e) = self.next().await {
+            all.push(e);
+        }
+        all
+    }
 }

@@ -84,6 +84,35 @@ enum Command {
         #[command(subcommand)]
         command: EnrollmentCommand,
     },
+    /// Jobs (commands run by agents): list, show, follow live, cancel.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Recent jobs, newest first.
+    List {
+        #[arg(long)]
+        node: Option<String>,
+        /// queued, dispatched, running, succeeded, failed, cancelled or expired
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One job.
+    Get { job_id: String },
+    /// Follow a job's steps and log lines until it ends.
+    Watch { job_id: String },
+    /// Cancel a job: at once if still queued, else the agent stops at its next safe point.
+    Cancel {
+        job_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -690,6 +719,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { command } => audit(&mut client, command, json_output).await?,
         Command::Gateway { command } => gateway(&mut client, command, json_output).await?,
+        Command::Jobs { command } => jobs(&mut client, command, json_output).await?,
         Command::EnrollmentTokens {
             command:
                 EnrollmentCommand::Create {
@@ -736,11 +766,14 @@ async fn confirmed(
     yes: bool,
 ) -> anyhow::Result<Value> {
     let bearer = client.bearer().await?;
+    // One key for this invocation: a retry after a lost answer gets the same job, never a second.
+    let key = idempotency_key();
     let send = |token: Option<&str>| {
         let mut request = client
             .http
             .request(method.clone(), format!("{}{path}", client.server))
             .bearer_auth(&bearer)
+            .header("idempotency-key", &key)
             .json(&body);
         if let Some(t) = token {
             request = request.header("x-confirmation-token", t);
@@ -769,7 +802,14 @@ async fn confirmed(
                 bail!("not confirmed; nothing was done");
             }
         }
-        let second = send(Some(&token)).await?;
+        // The confirmed request is retried once if its answer is lost (same key: same job).
+        let second = match send(Some(&token)).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("no answer ({e}); asking again with the same idempotency key");
+                send(Some(&token)).await?
+            }
+        };
         let status = second.status();
         let value: Value = second.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -794,17 +834,171 @@ async fn confirmed(
     Ok(value)
 }
 
-/// Polls a job until it ends.
+/// A fresh idempotency key for one invocation.
+fn idempotency_key() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("moltopsctl-{}-{nanos}", std::process::id())
+}
+
+fn terminal(status: Option<&str>) -> bool {
+    matches!(
+        status,
+        Some("succeeded" | "failed" | "cancelled" | "expired")
+    )
+}
+
+/// Follows a job's event stream until it ends, printing steps and log lines to stderr; resumes
+/// with `Last-Event-ID` when the connection drops. Returns the finished job.
 async fn wait_job(client: &mut Client, job_id: &str) -> anyhow::Result<Value> {
+    let mut last = 0u64;
+    let mut failures = 0;
     loop {
+        let bearer = client.bearer().await?;
+        let response = client
+            .http
+            .get(format!("{}/v1/jobs/{job_id}/events", client.server))
+            .bearer_auth(&bearer)
+            .header("accept", "text/event-stream")
+            .header("last-event-id", last.to_string())
+            .send()
+            .await;
+        let streamed = match response {
+            Ok(r) if r.status().is_success() => follow_events(r, &mut last).await,
+            Ok(r) => Err(anyhow!("the event stream answered {}", r.status())),
+            Err(e) => Err(e.into()),
+        };
         let job = client
             .call(reqwest::Method::GET, &format!("/v1/jobs/{job_id}"), None)
             .await?;
-        if matches!(job["status"].as_str(), Some("succeeded" | "failed")) {
+        if terminal(job["status"].as_str()) {
             return Ok(job);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Err(e) = streamed {
+            failures += 1;
+            if failures > 30 {
+                return Err(e.context("following the job"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
+}
+
+/// Reads one SSE response to its end, printing each event.
+async fn follow_events(mut response: reqwest::Response, last: &mut u64) -> anyhow::Result<()> {
+    let mut buffer = String::new();
+    while let Some(chunk) = response.chunk().await? {
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut id = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<u64>().ok();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = serde_json::from_str::<Value>(v.trim()).ok();
+                }
+            }
+            if let (Some(id), Some(event)) = (id, data) {
+                *last = id;
+                print_event(&event);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_event(e: &Value) {
+    let at = e["at"].as_str().unwrap_or("");
+    let at = at.get(11..19).unwrap_or(at);
+    let message = e["message"].as_str().unwrap_or("");
+    match e["kind"].as_str() {
+        Some("state") => eprintln!("{at}  {:<10} {message}", e["status"].as_str().unwrap_or("")),
+        Some("step") => eprintln!("{at}  [{}] {message}", e["step"].as_str().unwrap_or("")),
+        _ => eprintln!("{at}    {message}"),
+    }
+}
+
+async fn jobs(client: &mut Client, command: JobsCommand, json_output: bool) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let line = |j: &Value| {
+        println!(
+            "{}  {:<14} {:<10} {:<12} {}  {}",
+            j["id"].as_str().unwrap_or(""),
+            j["kind"].as_str().unwrap_or(""),
+            j["status"].as_str().unwrap_or(""),
+            j["step"].as_str().unwrap_or("-"),
+            j["created_at"].as_str().unwrap_or(""),
+            j["error"].as_str().unwrap_or("")
+        );
+    };
+    match command {
+        JobsCommand::List {
+            node,
+            status,
+            limit,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            if let Some(n) = node {
+                query.push(format!("node_id={}", urlencode(&n)));
+            }
+            if let Some(s) = status {
+                query.push(format!("status={}", urlencode(&s)));
+            }
+            let page = client
+                .call(Method::GET, &format!("/v1/jobs?{}", query.join("&")), None)
+                .await?;
+            print(json_output, &page, |p| {
+                for j in p["items"].as_array().into_iter().flatten() {
+                    line(j);
+                }
+            });
+        }
+        JobsCommand::Get { job_id } => {
+            let job = client
+                .call(
+                    Method::GET,
+                    &format!("/v1/jobs/{}", urlencode(&job_id)),
+                    None,
+                )
+                .await?;
+            print(json_output, &job, line);
+        }
+        JobsCommand::Watch { job_id } => {
+            let job = wait_job(client, &urlencode(&job_id)).await?;
+            print(json_output, &job, line);
+            if job["status"] != "succeeded" {
+                bail!(
+                    "{}: {}",
+                    job["status"].as_str().unwrap_or("?"),
+                    job["error"].as_str().unwrap_or("")
+                );
+            }
+        }
+        JobsCommand::Cancel { job_id, reason } => {
+            let job = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/jobs/{}/cancel", urlencode(&job_id)),
+                    Some(json!({ "reason": reason })),
+                )
+                .await?;
+            print(json_output, &job, |j| {
+                if j["status"] == "cancelled" {
+                    println!("cancelled; it will not run");
+                } else {
+                    println!(
+                        "cancel requested; the agent stops at its next safe point (follow with `moltopsctl jobs watch {}`)",
+                        j["id"].as_str().unwrap_or("")
+                    );
+                }
+            });
+        }
+    }
+    Ok(())
 }
 
 async fn gateway(
@@ -817,7 +1011,11 @@ async fn gateway(
         if job["status"] == "succeeded" {
             Ok(())
         } else {
-            bail!("failed: {}", job["error"].as_str().unwrap_or("unknown"))
+            bail!(
+                "{}: {}",
+                job["status"].as_str().unwrap_or("failed"),
+                job["error"].as_str().unwrap_or("unknown")
+            )
         }
     };
     match command {

@@ -1,12 +1,12 @@
-//! The fleet registry: nodes, their labels and liveness, and the command queue rows that
-//! belong to them. Shared by the REST handlers and the gRPC service.
+//! The fleet registry: nodes, their labels and liveness. Shared by the REST handlers and the gRPC
+//! service; the commands queued for nodes are in [`crate::jobs`].
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// Label sets are small maps of short strings, like Kubernetes labels.
@@ -119,11 +119,11 @@ impl Selector {
         Some(merged)
     }
 
-    fn equals_json(&self) -> Value {
+    pub fn equals_json(&self) -> Value {
         serde_json::to_value(&self.equals).unwrap_or_default()
     }
 
-    fn not_equals_json(&self) -> Value {
+    pub fn not_equals_json(&self) -> Value {
         Value::Array(
             self.not_equals
                 .iter()
@@ -425,6 +425,7 @@ pub async fn record_hello(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeartbeatOutcome {
     pub revoked: bool,
+    /// Commands waiting to be sent, and cancels waiting to be sent.
     pub queued_commands: i64,
 }
 
@@ -446,7 +447,11 @@ pub async fn record_heartbeat(
                             gateway_at = case when session_id = $2 and $5::jsonb is not null then $3 else gateway_at end
            where id = $1
            returning revoked_at is not null as "revoked!",
-                     (select count(*) from commands c where c.node_id = $1 and c.status = 'queued') as "queued!""#,
+                     (select count(*) from commands c where c.node_id = $1 and c.status = 'queued')
+                     + (select count(*) from commands c
+                        where c.node_id = $1 and c.status in ('dispatched', 'running')
+                          and c.cancel_requested_at is not null
+                          and c.cancel_sent_session is distinct from $2) as "queued!""#,
         node_id,
         session_id,
         now,
@@ -481,216 +486,6 @@ pub async fn record_disconnect(
     .execute(db)
     .await?;
     Ok(())
-}
-
-/// A queued, sent or finished command.
-#[derive(Debug, Clone)]
-pub struct CommandRow {
-    pub id: Uuid,
-    pub node_id: Uuid,
-    pub kind: String,
-    pub status: String,
-    pub result: Option<Value>,
-    pub error: Option<String>,
-    pub created_by: String,
-    pub created_at: DateTime<Utc>,
-    pub sent_at: Option<DateTime<Utc>>,
-    pub completed_at: Option<DateTime<Utc>>,
-}
-
-/// Queues a command and wakes whichever replica holds the node's stream (the notification is
-/// delivered on commit).
-/// A command not delivered within this long expires instead.
-pub const COMMAND_TTL: chrono::Duration = chrono::Duration::hours(1);
-
-/// Why an expired command did not run.
-pub const EXPIRED: &str = "not delivered before its deadline (the node was away); it did not run";
-
-/// Expires the commands that were never delivered and whose deadline passed; returns
-/// (command id, node id) of each. A command that was delivered once is not expired: it is
-/// delivered again until its true result arrives.
-pub async fn expire_commands(
-    db: impl PgExecutor<'_>,
-    now: DateTime<Utc>,
-) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        "update commands set status = 'expired', error = $2, completed_at = $1
-         where status = 'queued' and attempts = 0 and deadline_at < $1
-         returning id, node_id",
-        now,
-        EXPIRED
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.node_id)).collect())
-}
-
-pub async fn enqueue_command(
-    conn: &mut PgConnection,
-    node_id: Uuid,
-    kind: &str,
-    payload: &Value,
-    created_by: &str,
-    now: DateTime<Utc>,
-) -> Result<CommandRow, sqlx::Error> {
-    let row = sqlx::query_as!(
-        CommandRow,
-        "insert into commands (id, node_id, kind, status, payload, created_by, created_at, deadline_at)
-         values ($1, $2, $3, 'queued', $4, $5, $6, $7)
-         returning id, node_id, kind, status, result, error, created_by, created_at, sent_at, completed_at",
-        Uuid::now_v7(),
-        node_id,
-        kind,
-        payload,
-        created_by,
-        now,
-        now + COMMAND_TTL
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query!(
-        "select pg_notify($1, $2)",
-        CHANNEL_COMMAND_QUEUED,
-        node_id.to_string()
-    )
-    .execute(&mut *conn)
-    .await?;
-    Ok(row)
-}
-
-pub async fn get_command(
-    db: impl PgExecutor<'_>,
-    node_id: Uuid,
-    command_id: Uuid,
-) -> Result<Option<CommandRow>, sqlx::Error> {
-    sqlx::query_as!(
-        CommandRow,
-        "select id, node_id, kind, status, result, error, created_by, created_at, sent_at, completed_at
-         from commands where id = $1 and node_id = $2",
-        command_id,
-        node_id
-    )
-    .fetch_optional(db)
-    .await
-}
-
-/// Claims the node's queued commands for sending on `session_id`. Only the node's current stream
-/// (the one that said hello last) of a node that is not revoked may claim, so a stale stream on
-/// another replica never swallows commands; `skip locked` keeps two claimers from taking the
-/// same row.
-pub async fn claim_queued_commands(
-    db: impl PgExecutor<'_>,
-    node_id: Uuid,
-    session_id: Uuid,
-    now: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<(Uuid, String, Value)>, sqlx::Error> {
-    let rows = sqlx::query!(
-        "update commands set status = 'sent', sent_at = $3, session_id = $2
-         where id in (select c.id from commands c
-                      where c.node_id = $1 and c.status = 'queued'
-                        and (c.attempts > 0 or c.deadline_at is null or c.deadline_at >= $3)
-                        and exists (select 1 from nodes n
-                                    where n.id = $1 and n.session_id = $2 and n.revoked_at is null)
-                      order by c.created_at, c.id limit $4 for update skip locked)
-         returning id, kind, payload",
-        node_id,
-        session_id,
-        now,
-        limit
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.id, r.kind, r.payload))
-        .collect())
-}
-
-/// Why a command failed without a result from the agent.
-pub const OUTCOME_UNKNOWN: &str =
-    "the agent's stream closed before it reported a result; the outcome on the host is unknown";
-
-/// Deliveries before a command whose result never arrives fails as outcome unknown.
-pub const MAX_DELIVERIES: i32 = 5;
-
-/// When a node's new stream says hello: every command sent on an earlier stream of it without a
-/// result (the stream dropped, or the replica holding it died) goes back to the queue, to be
-/// delivered again on this stream (the agent's journal keeps it from running twice); one that
-/// was delivered too often fails as outcome unknown. Returns the ids that failed.
-pub async fn redeliver_in_flight(
-    db: &mut sqlx::PgConnection,
-    node_id: Uuid,
-    session_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<Vec<Uuid>, sqlx::Error> {
-    let failed = sqlx::query_scalar!(
-        "update commands set status = 'failed', error = $4, completed_at = $3
-         where node_id = $1 and status = 'sent' and session_id is distinct from $2
-               and attempts + 1 >= $5
-         returning id",
-        node_id,
-        session_id,
-        now,
-        OUTCOME_UNKNOWN,
-        MAX_DELIVERIES
-    )
-    .fetch_all(&mut *db)
-    .await?;
-    sqlx::query!(
-        "update commands set status = 'queued', attempts = attempts + 1
-         where node_id = $1 and status = 'sent' and session_id is distinct from $2",
-        node_id,
-        session_id
-    )
-    .execute(&mut *db)
-    .await?;
-    Ok(failed)
-}
-
-/// Fails everything still pending for a node that is being revoked.
-pub async fn fail_pending_for_revoked(
-    db: impl PgExecutor<'_>,
-    node_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
-        "update commands set status = 'failed', error = 'the node was revoked', completed_at = $2
-         where node_id = $1 and status in ('queued', 'sent')",
-        node_id,
-        now
-    )
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected())
-}
-
-/// Stores a command's result. Only this node's own, sent commands can be completed: the node
-/// id comes from the verified certificate, so one agent cannot complete another's commands.
-pub async fn complete_command(
-    db: impl PgExecutor<'_>,
-    node_id: Uuid,
-    command_id: Uuid,
-    outcome: Result<Value, String>,
-    now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let (status, result, error) = match outcome {
-        Ok(v) => ("succeeded", Some(v), None),
-        Err(e) => ("failed", None, Some(e)),
-    };
-    let done = sqlx::query!(
-        "update commands set status = $3, result = $4, error = $5, completed_at = $6
-         where id = $1 and node_id = $2 and status in ('sent', 'queued')",
-        command_id,
-        node_id,
-        status,
-        result,
-        error,
-        now
-    )
-    .execute(db)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::fleet::{CHANNEL_COMMAND_QUEUED, CHANNEL_NODE_REVOKED};
+use crate::jobs::CHANNEL_JOB_EVENT;
 use crate::rbac::{Authz, CHANNEL_RBAC_CHANGED};
 
 pub type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
@@ -34,12 +35,41 @@ pub struct SessionHandle {
     pub cancel: CancellationToken,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
     sessions: Arc<Mutex<HashMap<Uuid, SessionHandle>>>,
+    /// Job ids with a new event (from any replica), for the job event streams served here.
+    job_events: tokio::sync::broadcast::Sender<Uuid>,
+    /// Cancelled when this replica shuts down: long-lived responses (event streams) end.
+    closing: CancellationToken,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            sessions: Arc::default(),
+            job_events: tokio::sync::broadcast::channel(1024).0,
+            closing: CancellationToken::new(),
+        }
+    }
 }
 
 impl Hub {
+    /// Hears every job event announced from now on (a lagging receiver re-reads the database).
+    pub fn subscribe_job_events(&self) -> tokio::sync::broadcast::Receiver<Uuid> {
+        self.job_events.subscribe()
+    }
+
+    /// Announces a job event to this replica's event streams.
+    pub fn job_event(&self, job_id: Uuid) {
+        let _ = self.job_events.send(job_id);
+    }
+
+    /// Ends when this replica starts shutting down.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+
     /// Registers a new stream for `node_id`; an older stream of the same node on this replica
     /// is closed (the agent reconnected, so that one is stale).
     pub fn register(&self, node_id: Uuid, handle: SessionHandle) {
@@ -99,6 +129,7 @@ impl Hub {
 
     /// Ends every stream (shutdown).
     pub fn close_all(&self) {
+        self.closing.cancel();
         if let Ok(map) = self.sessions.lock() {
             for handle in map.values() {
                 close_with(handle, Status::unavailable("control plane shutting down"));
@@ -151,6 +182,7 @@ async fn listen_once(
             CHANNEL_NODE_REVOKED,
             CHANNEL_COMMAND_QUEUED,
             CHANNEL_RBAC_CHANGED,
+            CHANNEL_JOB_EVENT,
         ])
         .await?;
     loop {
@@ -169,12 +201,13 @@ async fn listen_once(
             reload_policy(pool, authz).await;
             continue;
         }
-        let Ok(node_id) = Uuid::parse_str(notification.payload()) else {
+        let Ok(id) = Uuid::parse_str(notification.payload()) else {
             continue;
         };
         match notification.channel() {
-            CHANNEL_NODE_REVOKED => hub.close_revoked(node_id),
-            CHANNEL_COMMAND_QUEUED => hub.wake(node_id),
+            CHANNEL_NODE_REVOKED => hub.close_revoked(id),
+            CHANNEL_COMMAND_QUEUED => hub.wake(id),
+            CHANNEL_JOB_EVENT => hub.job_event(id),
             _ => {}
         }
     }

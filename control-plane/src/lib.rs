@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod http;
 pub mod http_tls;
 pub mod hub;
+pub mod jobs;
 pub mod oidc;
 pub mod pairing;
 pub mod ratelimit;

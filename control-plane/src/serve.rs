@@ -297,7 +297,7 @@ async fn checkpoints(state: AppState, interval: Duration, shutdown: Cancellation
 pub async fn expire(state: &AppState) -> Result<usize, sqlx::Error> {
     let now = state.clock.now();
     let mut tx = state.pool.begin().await?;
-    let expired = crate::fleet::expire_commands(&mut *tx, now).await?;
+    let expired = crate::jobs::expire_commands(&mut tx, now).await?;
     for (command_id, node_id) in &expired {
         crate::audit::record(
             &mut tx,
@@ -309,7 +309,7 @@ pub async fn expire(state: &AppState) -> Result<usize, sqlx::Error> {
                 action: "command.expire",
                 target_kind: "command",
                 target_id: command_id.to_string(),
-                reason: Some(crate::fleet::EXPIRED),
+                reason: Some(crate::jobs::EXPIRED),
                 outcome: crate::audit::Outcome::Failure,
                 detail: serde_json::json!({ "node_id": node_id }),
             },

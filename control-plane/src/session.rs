@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use moltops_proto::agent::agent_message::Body as AgentBody;
+use moltops_proto::agent::command_progress::Kind as ProgressKind;
 use moltops_proto::agent::command_result::Outcome as CommandOutcome;
 use moltops_proto::agent::server_message::Body as ServerBody;
 use moltops_proto::agent::{
-    AgentMessage, Command, HelloAck, Ping, RenewResponse, ServerMessage, command,
+    AgentMessage, CancelCommand, Command, HelloAck, Ping, RenewResponse, ServerMessage, command,
 };
 use serde_json::json;
 use tokio::time::Instant;
@@ -22,6 +23,7 @@ use crate::ca::CertificateAuthority;
 use crate::fleet;
 use crate::grpc::{PeerCertificate, internal};
 use crate::hub::{REVOKED_MESSAGE, SessionHandle};
+use crate::jobs::{self, Finish, Progress};
 use crate::serve::AppState;
 
 /// The status message for a certificate replaced by a renewal the agent has confirmed.
@@ -148,7 +150,7 @@ impl Session {
     async fn redeliver(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), sqlx::Error> {
         let mut tx = self.state.pool.begin().await?;
         let failed =
-            fleet::redeliver_in_flight(&mut tx, self.node_id, self.handle.session_id, now).await?;
+            jobs::redeliver_in_flight(&mut tx, self.node_id, self.handle.session_id, now).await?;
         for command_id in failed {
             audit::record(
                 &mut tx,
@@ -160,9 +162,9 @@ impl Session {
                     action: "command.result",
                     target_kind: "command",
                     target_id: command_id.to_string(),
-                    reason: Some(fleet::OUTCOME_UNKNOWN),
+                    reason: Some(jobs::OUTCOME_UNKNOWN),
                     outcome: Outcome::Failure,
-                    detail: json!({ "node_id": self.node_id, "deliveries": fleet::MAX_DELIVERIES }),
+                    detail: json!({ "node_id": self.node_id, "deliveries": jobs::MAX_DELIVERIES }),
                 },
             )
             .await?;
@@ -170,7 +172,7 @@ impl Session {
         tx.commit().await
     }
 
-    /// The stream ended. Commands in flight on it stay "sent": the node's next stream gets them
+    /// The stream ended. Commands in flight on it stay as they are: the node's next stream gets them
     /// again (see [`Self::redeliver`]); the agent's journal keeps each from running twice.
     async fn finish(&self) -> Result<(), sqlx::Error> {
         let mut tx = self.state.pool.begin().await?;
@@ -248,12 +250,14 @@ impl Session {
                 let Ok(command_id) = Uuid::parse_str(&result.command_id) else {
                     return Ok(());
                 };
-                let outcome = match result.outcome {
-                    Some(CommandOutcome::Pong(pong)) => Ok(json!({
+                let finish = match result.outcome {
+                    Some(CommandOutcome::Pong(pong)) => Finish::Succeeded(json!({
                         "pong": { "agent_version": pong.agent_version, "agent_time_unix_ms": pong.agent_time_unix_ms }
                     })),
-                    Some(CommandOutcome::Failure(f)) => Err(f.message.chars().take(4096).collect()),
-                    Some(CommandOutcome::Installed(i)) => Ok(json!({
+                    Some(CommandOutcome::Failure(f)) => {
+                        Finish::Failed(f.message.chars().take(4096).collect())
+                    }
+                    Some(CommandOutcome::Installed(i)) => Finish::Succeeded(json!({
                         "installed": {
                             "version": i.version,
                             "prefix": i.prefix,
@@ -266,16 +270,47 @@ impl Session {
                         }
                     })),
                     // An action whose effect could not be verified failed, with the evidence.
-                    Some(CommandOutcome::ActionDone(done)) if done.verified => Ok(json!({
-                        "action": { "verified": true, "evidence": done.evidence, "duration_ms": done.duration_ms }
-                    })),
-                    Some(CommandOutcome::ActionDone(done)) => Err(format!(
+                    Some(CommandOutcome::ActionDone(done)) if done.verified => {
+                        Finish::Succeeded(json!({
+                            "action": { "verified": true, "evidence": done.evidence, "duration_ms": done.duration_ms }
+                        }))
+                    }
+                    Some(CommandOutcome::ActionDone(done)) => Finish::Failed(format!(
                         "not verified: {}",
                         done.evidence.chars().take(1000).collect::<String>()
                     )),
-                    None => Err("the agent sent a result without an outcome".to_owned()),
+                    Some(CommandOutcome::Cancelled(c)) => {
+                        let step = bounded(&c.step, 64);
+                        let message = bounded(&c.message, 1000);
+                        Finish::Cancelled(
+                            json!({ "cancelled": { "step": step, "message": message } }),
+                            format!("cancelled during {step}: {message}"),
+                        )
+                    }
+                    None => Finish::Failed("the agent sent a result without an outcome".to_owned()),
                 };
-                record_command_result(&self.state, node_id, command_id, outcome, now).await
+                record_command_result(&self.state, node_id, command_id, finish, now).await
+            }
+            Some(AgentBody::CommandProgress(p)) => {
+                let Ok(command_id) = Uuid::parse_str(&p.command_id) else {
+                    return Ok(());
+                };
+                let step = bounded(&p.step, 64);
+                let message = bounded(&p.message, 2000);
+                let progress = match ProgressKind::try_from(p.kind) {
+                    Ok(ProgressKind::Started) => Progress::Started,
+                    Ok(ProgressKind::Step) => Progress::Step {
+                        step: &step,
+                        message: &message,
+                    },
+                    Ok(ProgressKind::Log) => Progress::Log(&message),
+                    _ => return Ok(()),
+                };
+                let mut tx = self.state.pool.begin().await.map_err(internal)?;
+                jobs::record_progress(&mut tx, node_id, command_id, progress, now)
+                    .await
+                    .map_err(internal)?;
+                tx.commit().await.map_err(internal)
             }
             Some(AgentBody::RenewRequest(renew)) => self.renew(&renew.csr_der).await,
             Some(AgentBody::RenewComplete(_)) => {
@@ -300,27 +335,25 @@ impl Session {
             return Ok(());
         }
         let now = self.state.clock.now();
-        let claimed = fleet::claim_queued_commands(
-            &self.state.pool,
-            self.node_id,
-            self.handle.session_id,
-            now,
-            room,
-        )
-        .await
-        .map_err(internal)?;
-        for (command_id, kind, claimed_payload) in claimed {
-            let kind = match kind.as_str() {
+        let mut tx = self.state.pool.begin().await.map_err(internal)?;
+        let claimed =
+            jobs::claim_queued_commands(&mut tx, self.node_id, self.handle.session_id, now, room)
+                .await
+                .map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
+        for claimed in claimed {
+            let payload = &claimed.payload;
+            let kind = match claimed.kind.as_str() {
                 "ping" => command::Kind::Ping(Ping {}),
                 "install" => command::Kind::Install(moltops_proto::agent::Install {
-                    method: payload_str(&claimed_payload, "method"),
-                    channel: payload_str(&claimed_payload, "channel"),
-                    version: payload_str(&claimed_payload, "version"),
-                    byte_budget: claimed_payload["byte_budget"].as_u64().unwrap_or(0),
+                    method: payload_str(payload, "method"),
+                    channel: payload_str(payload, "channel"),
+                    version: payload_str(payload, "version"),
+                    byte_budget: payload["byte_budget"].as_u64().unwrap_or(0),
                 }),
                 "service_action" => {
                     use moltops_proto::agent::service_action::Action;
-                    let action = match claimed_payload["action"].as_str() {
+                    let action = match payload["action"].as_str() {
                         Some("start") => Action::Start,
                         Some("stop") => Action::Stop,
                         Some("restart") => Action::Restart,
@@ -329,9 +362,7 @@ impl Session {
                     command::Kind::ServiceAction(moltops_proto::agent::ServiceAction {
                         action: action.into(),
                         verify_timeout_seconds: u32::try_from(
-                            claimed_payload["verify_timeout_seconds"]
-                                .as_u64()
-                                .unwrap_or(0),
+                            payload["verify_timeout_seconds"].as_u64().unwrap_or(0),
                         )
                         .unwrap_or(0),
                     })
@@ -339,14 +370,34 @@ impl Session {
                 other => {
                     let reason =
                         format!("command kind {other:?} is not supported by this control plane");
-                    record_command_result(&self.state, self.node_id, command_id, Err(reason), now)
-                        .await?;
+                    record_command_result(
+                        &self.state,
+                        self.node_id,
+                        claimed.id,
+                        Finish::Failed(reason),
+                        now,
+                    )
+                    .await?;
                     continue;
                 }
             };
             self.send(ServerBody::Command(Command {
-                command_id: command_id.to_string(),
+                command_id: claimed.id.to_string(),
                 kind: Some(kind),
+                idempotency_key: claimed.idempotency_key.unwrap_or_default(),
+                deadline_unix_ms: claimed.deadline_at.map_or(0, |d| d.timestamp_millis()),
+                actor: claimed.created_by,
+            }))
+            .await?;
+        }
+        // Cancels asked for commands this stream carries (sent after the commands, so the agent
+        // knows each one it is asked to stop).
+        let cancels = jobs::take_cancels(&self.state.pool, self.node_id, self.handle.session_id)
+            .await
+            .map_err(internal)?;
+        for id in cancels {
+            self.send(ServerBody::CancelCommand(CancelCommand {
+                command_id: id.to_string(),
             }))
             .await?;
         }
@@ -426,21 +477,20 @@ async fn record_command_result(
     state: &AppState,
     node_id: Uuid,
     command_id: Uuid,
-    outcome: Result<serde_json::Value, String>,
+    finish: Finish,
     now: DateTime<Utc>,
 ) -> Result<(), Status> {
-    let succeeded = outcome.is_ok();
     let mut tx = state.pool.begin().await.map_err(internal)?;
-    let completed = fleet::complete_command(&mut *tx, node_id, command_id, outcome, now)
+    let completed = jobs::complete_command(&mut tx, node_id, command_id, finish, now)
         .await
         .map_err(internal)?;
-    if !completed {
+    let Some(status) = completed else {
         // Not this node's, or already finished (a journal's answer to a re-delivery, or a result
         // that arrived after the command was given up on): ignore rather than let one agent
         // probe others, but say so.
         tracing::info!(%node_id, %command_id, "ignored a result for a command that is not outstanding");
         return Ok(());
-    }
+    };
     audit::record(
         &mut tx,
         now,
@@ -450,17 +500,22 @@ async fn record_command_result(
             target_kind: "command",
             target_id: command_id.to_string(),
             reason: None,
-            outcome: if succeeded {
+            outcome: if status == "succeeded" {
                 Outcome::Success
             } else {
                 Outcome::Failure
             },
-            detail: json!({ "node_id": node_id }),
+            detail: json!({ "node_id": node_id, "status": status }),
         },
     )
     .await
     .map_err(internal)?;
     tx.commit().await.map_err(internal)
+}
+
+/// At most `max` characters of an agent's text, without control characters.
+fn bounded(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 /// A string field of a command's payload ('' when absent).

@@ -15,6 +15,7 @@ use moltops_proto::agent::{
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::commands::Context;
 use crate::egress::{EgressProxy, Policy, npm_registry_host};
 use crate::install::Npm;
 use crate::supervisor::{Spec, Stopped, Supervisor};
@@ -32,6 +33,10 @@ pub struct Options {
     pub byte_budget: u64,
     /// npm's download cache (default `<state>/npm-cache`).
     pub npm_cache: Option<PathBuf>,
+    /// SIGTERM, then this long, then SIGKILL.
+    pub stop_timeout: Duration,
+    /// The first delay before a restart after an exit (doubling up to 300 s).
+    pub restart_delay: Duration,
 }
 
 impl Default for Options {
@@ -42,7 +47,57 @@ impl Default for Options {
             port: 18789,
             byte_budget: 2 * 1024 * 1024 * 1024,
             npm_cache: None,
+            stop_timeout: Duration::from_secs(330),
+            restart_delay: Duration::from_secs(5),
         }
+    }
+}
+
+/// Why an install or action did not complete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpError {
+    Failed(String),
+    /// Stopped at the control plane's request, in `step`; `message` says what that leaves.
+    Cancelled {
+        step: String,
+        message: String,
+    },
+}
+
+impl From<String> for OpError {
+    fn from(message: String) -> Self {
+        Self::Failed(message)
+    }
+}
+
+impl From<&str> for OpError {
+    fn from(message: &str) -> Self {
+        Self::Failed(message.to_owned())
+    }
+}
+
+/// Runs one step of an operation: reported as progress, abandoned at once when the command is
+/// cancelled (only steps where stopping is safe are run through here), with `left` saying what
+/// a cancel at this point leaves behind.
+async fn step<T>(
+    ctx: &Context,
+    name: &str,
+    message: &str,
+    left: &str,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, OpError> {
+    let cancelled = || OpError::Cancelled {
+        step: name.to_owned(),
+        message: left.to_owned(),
+    };
+    if ctx.cancel.is_cancelled() {
+        return Err(cancelled());
+    }
+    ctx.progress.step(name, message);
+    tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => Err(cancelled()),
+        value = work => Ok(value),
     }
 }
 
@@ -216,23 +271,40 @@ impl Gateway {
             ("OPENCLAW_SERVICE_REPAIR_POLICY".into(), "external".into()),
         ];
         spec.cwd = Some(self.state_dir());
-        spec.stop_timeout = Duration::from_secs(330);
+        spec.stop_timeout = self.options.stop_timeout;
+        spec.backoff_initial = self.options.restart_delay;
         spec
     }
 
     /// Installs (or switches to) the requested version, starts it and waits until it is ready.
-    pub async fn install(&self, request: &Install) -> Result<Installed, String> {
-        let _one_at_a_time = self.operations.lock().await;
+    pub async fn install(&self, request: &Install, ctx: &Context) -> Result<Installed, OpError> {
+        let _one_at_a_time = step(
+            ctx,
+            "wait",
+            "waiting for the gateway's previous operation to finish",
+            "nothing was changed",
+            self.operations.lock(),
+        )
+        .await?;
         let started = Instant::now();
         if request.method != "npm" {
             return Err(format!(
                 "install method {:?} is not available on this agent (npm is)",
                 request.method
-            ));
+            )
+            .into());
         }
         let (host, port) = npm_registry_host(Path::new("npm"))
             .await
             .map_err(|e| format!("cannot read npm's registry: {e}"))?;
+        ctx.progress.log(&format!(
+            "egress allowed to {host}:{port} (npm's configured registry), budget {budget} bytes",
+            budget = if request.byte_budget > 0 {
+                request.byte_budget
+            } else {
+                self.options.byte_budget
+            }
+        ));
         let budget = if request.byte_budget > 0 {
             request.byte_budget
         } else {
@@ -255,7 +327,7 @@ impl Gateway {
                 .unwrap_or_else(|| self.root.join("npm-cache")),
             proxy: Some(proxy.url()),
         };
-        let outcome = self.install_with(&npm, request).await;
+        let outcome = self.install_with(&npm, request, ctx).await;
         let egress: Vec<EgressReport> = proxy
             .reports()
             .into_iter()
@@ -268,26 +340,126 @@ impl Gateway {
                 note: r.note.unwrap_or_default(),
             })
             .collect();
-        let mut installed = outcome.map_err(|e| {
-            let refused: Vec<String> = egress
-                .iter()
-                .filter(|r| !r.allowed || !r.note.is_empty())
-                .map(|r| format!("{}:{} {}", r.host, r.port, r.note))
-                .collect();
-            if refused.is_empty() {
-                e
-            } else {
-                format!("{e} (egress: {})", refused.join("; "))
+        for r in &egress {
+            ctx.progress.log(&format!(
+                "egress {} {}:{} up {} down {}{}",
+                if r.allowed { "allowed" } else { "DENIED" },
+                r.host,
+                r.port,
+                r.bytes_up,
+                r.bytes_down,
+                if r.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.note)
+                }
+            ));
+        }
+        let mut installed = outcome.map_err(|e| match e {
+            OpError::Failed(e) => {
+                let refused: Vec<String> = egress
+                    .iter()
+                    .filter(|r| !r.allowed || !r.note.is_empty())
+                    .map(|r| format!("{}:{} {}", r.host, r.port, r.note))
+                    .collect();
+                if refused.is_empty() {
+                    OpError::Failed(e)
+                } else {
+                    OpError::Failed(format!("{e} (egress: {})", refused.join("; ")))
+                }
             }
+            cancelled => cancelled,
         })?;
         installed.egress = egress;
         installed.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(installed)
     }
 
-    async fn install_with(&self, npm: &Npm, request: &Install) -> Result<Installed, String> {
+    async fn install_with(
+        &self,
+        npm: &Npm,
+        request: &Install,
+        ctx: &Context,
+    ) -> Result<Installed, OpError> {
         let package = self.options.package.clone();
-        let (spec, version, engines, name) = match &self.options.package_file {
+        let resolve = async {
+            self.resolve(npm, &package, request)
+                .await
+                .map_err(OpError::Failed)
+        };
+        let (spec, version, engines, name) = step(
+            ctx,
+            "resolve",
+            "resolving the version and its Node engine range",
+            "nothing was changed",
+            resolve,
+        )
+        .await??;
+        let node = step(
+            ctx,
+            "runtime",
+            &format!(
+                "finding a Node runtime for engines {}",
+                engines.as_deref().unwrap_or("(any)")
+            ),
+            "nothing was changed on the gateway",
+            npm.runtime_for(engines.as_deref()),
+        )
+        .await?
+        .map_err(|e| e.to_string())?;
+        ctx.progress
+            .log(&format!("Node runtime: {}", node.display()));
+        let prefix = step(
+            ctx,
+            "install",
+            &format!("npm install {name}@{version} into its own versioned prefix"),
+            "the new version's prefix is incomplete (it is installed again next time); the running gateway was not touched",
+            npm.install(&name, &version, &spec, &node),
+        )
+        .await?
+        .map_err(|e| e.to_string())?;
+        ctx.progress.step(
+            "configure",
+            "writing the local configuration and switching the service to the new version",
+        );
+        self.switch(&name, &version, &prefix, &node).await?;
+        let supervisor = self
+            .inner
+            .lock()
+            .await
+            .supervisor
+            .clone()
+            .ok_or("the gateway has no supervisor")?;
+        let ready = step(
+            ctx,
+            "verify",
+            "waiting for the gateway's /readyz to say ready",
+            &format!("version {version} is installed and started, but was not verified ready"),
+            self.wait_ready(&supervisor, Duration::from_secs(120)),
+        )
+        .await?;
+        if !ready {
+            return Err(
+                format!("installed {version}, but it did not become ready within 120 s").into(),
+            );
+        }
+        Ok(Installed {
+            version,
+            prefix: prefix.display().to_string(),
+            node: node.display().to_string(),
+            egress: Vec::new(),
+            duration_ms: 0,
+        })
+    }
+
+    /// (spec to install, version, its engines.node range, package name).
+    async fn resolve(
+        &self,
+        npm: &Npm,
+        package: &str,
+        request: &Install,
+    ) -> Result<(String, String, Option<String>, String), String> {
+        Ok(match &self.options.package_file {
             Some(file) => {
                 let file = file.display().to_string();
                 let (name, version) = tarball_identity(&file).await?;
@@ -302,28 +474,31 @@ impl Gateway {
                 };
                 let wanted = if wanted.is_empty() { "stable" } else { wanted };
                 let version = npm
-                    .resolve(&package, wanted)
+                    .resolve(package, wanted)
                     .await
                     .map_err(|e| e.to_string())?;
                 let spec = format!("{package}@{version}");
                 let engines = npm.engines_node(&spec).await.map_err(|e| e.to_string())?;
-                (spec, version, engines, package)
+                (spec, version, engines, package.to_owned())
             }
-        };
-        let node = npm
-            .runtime_for(engines.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
-        let prefix = npm
-            .install(&name, &version, &spec, &node)
-            .await
-            .map_err(|e| e.to_string())?;
-        let script = bin_script(&prefix, &name).await?;
+        })
+    }
+
+    /// Writes the configuration and the record, and moves the supervisor to the new version
+    /// (not cancellable: it is short, and half of it would leave no gateway).
+    async fn switch(
+        &self,
+        name: &str,
+        version: &str,
+        prefix: &Path,
+        node: &Path,
+    ) -> Result<(), String> {
+        let script = bin_script(prefix, name).await?;
         let record = Record {
-            package: name,
-            version: version.clone(),
-            prefix: prefix.clone(),
-            node: node.clone(),
+            package: name.to_owned(),
+            version: version.to_owned(),
+            prefix: prefix.to_path_buf(),
+            node: node.to_path_buf(),
             script,
         };
         tokio::fs::create_dir_all(self.state_dir().join("logs"))
@@ -351,23 +526,11 @@ impl Gateway {
         let supervisor = self.supervise(&record);
         {
             let mut inner = self.inner.lock().await;
-            inner.supervisor = Some(supervisor.clone());
+            inner.supervisor = Some(supervisor);
             inner.record = Some(record);
         }
         set_desired(&self.root, true).await;
-        let ready = self.wait_ready(&supervisor, Duration::from_secs(120)).await;
-        if !ready {
-            return Err(format!(
-                "installed {version}, but it did not become ready within 120 s"
-            ));
-        }
-        Ok(Installed {
-            version,
-            prefix: prefix.display().to_string(),
-            node: node.display().to_string(),
-            egress: Vec::new(),
-            duration_ms: 0,
-        })
+        Ok(())
     }
 
     /// Ready means: our supervised process is running, the same one throughout, and the port
@@ -402,8 +565,19 @@ impl Gateway {
 
     /// Start, stop or restart, then verify: ready for start and restart (a restart also needs a
     /// new start time), no longer answering for stop.
-    pub async fn action(&self, request: &ServiceAction) -> Result<ActionDone, String> {
-        let _one_at_a_time = self.operations.lock().await;
+    pub async fn action(
+        &self,
+        request: &ServiceAction,
+        ctx: &Context,
+    ) -> Result<ActionDone, OpError> {
+        let _one_at_a_time = step(
+            ctx,
+            "wait",
+            "waiting for the gateway's previous operation to finish",
+            "nothing was changed",
+            self.operations.lock(),
+        )
+        .await?;
         let started = Instant::now();
         let within = Duration::from_secs(if request.verify_timeout_seconds == 0 {
             60
@@ -424,11 +598,19 @@ impl Gateway {
         let elapsed = |t: Instant| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX);
         let (verified, evidence) = match Action::try_from(request.action) {
             Ok(Action::Start) => {
+                ctx.progress.step("start", "starting the gateway");
                 if !before.desired_running {
                     supervisor.resume().await;
                 }
                 set_desired(&self.root, true).await;
-                let ready = self.wait_ready(&supervisor, within).await;
+                let ready = step(
+                    ctx,
+                    "verify",
+                    "waiting for the gateway's /readyz to say ready",
+                    "the gateway was started, but was not verified ready",
+                    self.wait_ready(&supervisor, within),
+                )
+                .await?;
                 let evidence = if ready {
                     format!("ready after {} ms", elapsed(started))
                 } else {
@@ -439,8 +621,22 @@ impl Gateway {
             Ok(Action::Stop) => {
                 // An operator's stop lasts: a restarted agent does not start it again.
                 set_desired(&self.root, false).await;
-                let stopped = supervisor.stop().await;
-                let gone = self.wait_gone(within).await;
+                let stopped = step(
+                    ctx,
+                    "stop",
+                    "stopping the gateway: SIGTERM, then SIGKILL at the deadline",
+                    "the stop goes on without the job: the gateway was sent SIGTERM and is killed at the deadline",
+                    supervisor.stop(),
+                )
+                .await?;
+                let gone = step(
+                    ctx,
+                    "verify",
+                    "waiting for the gateway's port to close",
+                    "the gateway process was stopped; its port was not yet verified closed",
+                    self.wait_gone(within),
+                )
+                .await?;
                 let how = match stopped {
                     Stopped::Graceful => "exited on SIGTERM",
                     Stopped::Killed => "ignored SIGTERM and was killed at the deadline",
@@ -455,8 +651,26 @@ impl Gateway {
             }
             Ok(Action::Restart) => {
                 set_desired(&self.root, true).await;
-                supervisor.restart().await;
-                let ready = self.wait_ready(&supervisor, within).await;
+                let stopped = step(
+                    ctx,
+                    "restart",
+                    "restarting the gateway",
+                    "the restart goes on without the job: the gateway was sent SIGTERM and is started again",
+                    supervisor.restart(),
+                )
+                .await?;
+                if stopped == Stopped::Killed {
+                    ctx.progress
+                        .log("the gateway ignored SIGTERM and was killed at the deadline");
+                }
+                let ready = step(
+                    ctx,
+                    "verify",
+                    "waiting for the gateway's /readyz to say ready",
+                    "the gateway was restarted, but was not verified ready",
+                    self.wait_ready(&supervisor, within),
+                )
+                .await?;
                 let after = supervisor.status();
                 let restarted = after.last_start_time > before.last_start_time;
                 let evidence = match (ready, restarted) {
@@ -468,6 +682,7 @@ impl Gateway {
             }
             _ => return Err("unknown service action".into()),
         };
+        ctx.progress.log(&evidence);
         Ok(ActionDone {
             verified,
             evidence,

@@ -103,7 +103,9 @@ impl Npm {
             .env_remove("NO_PROXY")
             .env_remove("no_proxy")
             .env_remove("npm_config_noproxy")
-            .stdin(std::process::Stdio::null());
+            .stdin(std::process::Stdio::null())
+            // A cancelled install stops npm with it.
+            .kill_on_drop(true);
         if let Some(proxy) = &self.proxy {
             command.args(["--proxy", proxy, "--https-proxy", proxy, "--noproxy", ""]);
         }

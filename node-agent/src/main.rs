@@ -70,6 +70,13 @@ enum Command {
         /// npm's download cache for installs (default: <state-dir>/npm-cache).
         #[arg(long, env = "MOLTOPS_NPM_CACHE")]
         npm_cache: Option<PathBuf>,
+        /// How long a stopping gateway gets after SIGTERM before SIGKILL (upstream's unit: 330).
+        #[arg(long, default_value_t = 330)]
+        gateway_stop_timeout_seconds: u64,
+        /// The first delay before restarting a gateway that exited; it doubles up to 300 s
+        /// (upstream's unit: RestartSec=5).
+        #[arg(long, default_value_t = 5000)]
+        gateway_restart_delay_ms: u64,
     },
 }
 
@@ -125,6 +132,8 @@ async fn main() -> ExitCode {
             gateway_port,
             gateway_package_file,
             npm_cache,
+            gateway_stop_timeout_seconds,
+            gateway_restart_delay_ms,
         } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
@@ -134,6 +143,8 @@ async fn main() -> ExitCode {
                     port: gateway_port,
                     package_file: gateway_package_file,
                     npm_cache,
+                    stop_timeout: Duration::from_secs(gateway_stop_timeout_seconds),
+                    restart_delay: Duration::from_millis(gateway_restart_delay_ms),
                     ..moltops_agent::gateway::Options::default()
                 },
                 ..RunOptions::default()

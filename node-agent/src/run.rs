@@ -7,9 +7,10 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, anyhow};
 use moltops_proto::agent::agent_message::Body as AgentBody;
 use moltops_proto::agent::agent_service_client::AgentServiceClient;
+use moltops_proto::agent::command_result::Outcome;
 use moltops_proto::agent::server_message::Body as ServerBody;
 use moltops_proto::agent::{
-    AgentMessage, CommandResult, Heartbeat, Hello, RenewComplete, RenewRequest,
+    AgentMessage, CommandFailure, CommandResult, Heartbeat, Hello, RenewComplete, RenewRequest,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -123,6 +124,7 @@ pub async fn run(
         gateway: gateway.clone(),
         journal,
         results: mpsc::channel(256),
+        running: std::sync::Arc::default(),
     };
     let end = run_sessions(state, options, &node.server, ctx, shutdown).await;
     gateway.shutdown().await;
@@ -135,6 +137,88 @@ struct Carried {
     gateway: std::sync::Arc<crate::gateway::Gateway>,
     journal: std::sync::Arc<crate::journal::Journal>,
     results: (mpsc::Sender<AgentMessage>, mpsc::Receiver<AgentMessage>),
+    /// The commands running now, with the token that cancels each.
+    running: Running,
+}
+
+type Running =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>>;
+
+/// Runs a delivered command off the session loop: once (the journal answers a re-delivery),
+/// never after its deadline, cancellable through `running`.
+fn spawn_command(
+    command: moltops_proto::agent::Command,
+    gateway: std::sync::Arc<crate::gateway::Gateway>,
+    journal: std::sync::Arc<crate::journal::Journal>,
+    results: mpsc::Sender<AgentMessage>,
+    running: Running,
+) {
+    let id = command.command_id.clone();
+    // Registered before the task starts, so a cancel that follows on the stream finds it.
+    let cancel = {
+        let Ok(mut map) = running.lock() else {
+            return;
+        };
+        map.entry(id.clone()).or_default().clone()
+    };
+    tokio::spawn(async move {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let progress = crate::commands::Progress::new(&id, results.clone());
+        let outcome = match journal.begin(&id) {
+            crate::journal::Begin::Running => {
+                // Delivered again while it runs: say so, so the control plane shows it running.
+                progress.started();
+                return;
+            }
+            crate::journal::Begin::Done(outcome) => {
+                tracing::info!(command_id = %id, "answered a re-delivered command from the journal");
+                outcome
+            }
+            crate::journal::Begin::Interrupted => {
+                let outcome = crate::journal::interrupted();
+                journal.finish(&id, &outcome);
+                outcome
+            }
+            crate::journal::Begin::Fresh
+                if command.deadline_unix_ms > 0 && now_ms > command.deadline_unix_ms =>
+            {
+                let outcome = Outcome::Failure(CommandFailure {
+                    message: "the command reached the agent after its deadline; it was not started"
+                        .into(),
+                });
+                journal.finish(&id, &outcome);
+                outcome
+            }
+            crate::journal::Begin::Fresh => {
+                tracing::info!(
+                    command_id = %id,
+                    actor = %command.actor,
+                    idempotency_key = %command.idempotency_key,
+                    "running a command"
+                );
+                progress.started();
+                let ctx = crate::commands::Context { cancel, progress };
+                let outcome = crate::commands::execute(command.kind, now_ms, &gateway, &ctx).await;
+                journal.finish(&id, &outcome);
+                outcome
+            }
+        };
+        if let Ok(mut map) = running.lock() {
+            map.remove(&id);
+        }
+        let result = AgentMessage {
+            body: Some(AgentBody::CommandResult(CommandResult {
+                command_id: id,
+                outcome: Some(outcome),
+            })),
+        };
+        // A closed stream loses the result; the control plane delivers the command again and
+        // the journal answers.
+        let _ = results.send(result).await;
+    });
 }
 
 async fn run_sessions(
@@ -315,38 +399,23 @@ async fn session(
                     }
                     Some(ServerBody::Command(command)) => {
                         // Commands run off the session loop, so a long one never delays heartbeats.
-                        let results = ctx.results.0.clone();
-                        let gateway = gateway.clone();
-                        let journal = ctx.journal.clone();
-                        tokio::spawn(async move {
-                            let now_ms = SystemTime::now()
-                                .duration_since(SystemTime::UNIX_EPOCH)
-                                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                                .unwrap_or(0);
-                            let id = command.command_id.clone();
-                            let outcome = match journal.begin(&id) {
-                                crate::journal::Begin::Running => return,
-                                crate::journal::Begin::Done(outcome) => {
-                                    tracing::info!(command_id = %id, "answered a re-delivered command from the journal");
-                                    outcome
-                                }
-                                crate::journal::Begin::Interrupted => {
-                                    let outcome = crate::journal::interrupted();
-                                    journal.finish(&id, &outcome);
-                                    outcome
-                                }
-                                crate::journal::Begin::Fresh => {
-                                    let outcome = crate::commands::execute(command.kind, now_ms, &gateway).await;
-                                    journal.finish(&id, &outcome);
-                                    outcome
-                                }
-                            };
-                            let result = AgentMessage {
-                                body: Some(AgentBody::CommandResult(CommandResult { command_id: command.command_id, outcome: Some(outcome) })),
-                            };
-                            // A closed stream loses the result; the control plane marks it unknown.
-                            let _ = results.send(result).await;
-                        });
+                        spawn_command(
+                            command,
+                            gateway.clone(),
+                            ctx.journal.clone(),
+                            ctx.results.0.clone(),
+                            ctx.running.clone(),
+                        );
+                    }
+                    Some(ServerBody::CancelCommand(cancel)) => {
+                        let token = ctx.running.lock().ok().and_then(|m| m.get(&cancel.command_id).cloned());
+                        match token {
+                            Some(token) => {
+                                tracing::info!(command_id = %cancel.command_id, "cancelling a running command");
+                                token.cancel();
+                            }
+                            None => tracing::info!(command_id = %cancel.command_id, "asked to cancel a command that is not running here"),
+                        }
                     }
                     Some(ServerBody::RenewResponse(renewed)) => {
                         accept_renewal(state, &renewed.certificate_pem)?;

@@ -10,7 +10,11 @@ use serde_json::{Value, json};
 async fn job(fx: &Fixture, job_id: &str) -> Value {
     wait_for("the job to finish", || async {
         let (_, job) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
-        matches!(job["status"].as_str(), Some("succeeded" | "failed")).then_some(job)
+        matches!(
+            job["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled" | "expired")
+        )
+        .then_some(job)
     })
     .await
 }
@@ -291,7 +295,11 @@ async fn real_openclaw_installs_from_npm_through_the_egress_path_and_runs_ready(
         std::time::Duration::from_secs(300),
         || async {
             let (_, job) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
-            matches!(job["status"].as_str(), Some("succeeded" | "failed")).then_some(job)
+            matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled" | "expired")
+            )
+            .then_some(job)
         },
     )
     .await;
@@ -394,7 +402,7 @@ async fn a_command_in_flight_during_a_control_plane_restart_runs_exactly_once() 
     let job_id = accepted["job_id"].as_str().unwrap().to_owned();
     wait_for("the restart to be on the host", || async {
         let (_, j) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
-        (j["status"] == "sent").then_some(())
+        (j["status"] == "running").then_some(())
     })
     .await;
     // The control plane restarts while the host is still verifying the restart.
@@ -405,7 +413,7 @@ async fn a_command_in_flight_during_a_control_plane_restart_runs_exactly_once() 
     // arrived), and a new stream comes: the command goes out again.
     {
         let mut conn = fx.db.as_ref().unwrap().connect().await;
-        sqlx::query("update commands set status = 'sent', result = null, completed_at = null where id = $1::uuid")
+        sqlx::query("update commands set status = 'dispatched', result = null, completed_at = null where id = $1::uuid")
             .bind(&job_id)
             .execute(&mut conn)
             .await

@@ -121,13 +121,13 @@ async fn a_command_in_flight_on_a_dead_stream_is_delivered_again() {
     );
     wait_for("the command to be sent", || async {
         let (_, c) = fx.api.get(&path).await;
-        (c["status"] == "sent").then_some(())
+        (c["status"] == "dispatched").then_some(())
     })
     .await;
     agent.kill();
-    // Until the node is back, it stays sent: nobody knows whether it ran.
+    // Until the node is back, it stays dispatched: nobody knows whether it ran.
     let (_, c) = fx.api.get(&path).await;
-    assert_eq!(c["status"], "sent");
+    assert_eq!(c["status"], "dispatched");
     let _agent = Agent::start(&state);
     let done = wait_for("the command to be delivered again and answered", || async {
         let (_, c) = fx.api.get(&path).await;

@@ -9,6 +9,7 @@ mod cli;
 mod enrollment;
 mod gateway;
 mod https;
+mod jobs;
 mod lifecycle;
 mod mtls;
 mod pairing;

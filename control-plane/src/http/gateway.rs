@@ -17,6 +17,7 @@ use super::extract::{ApiJson, ApiPath};
 use crate::audit::{self, AuditEvent, Outcome};
 use crate::auth::{Action, Principal};
 use crate::fleet;
+use crate::jobs::{self, NewCommand};
 
 const MAX_REASON: usize = 500;
 
@@ -109,11 +110,28 @@ struct Job<'a> {
     reason: &'a str,
 }
 
+/// A retry of a request that already created its job (same `Idempotency-Key`, same request):
+/// (job id, audit event id) of that job. Checked before any confirmation is asked for or spent,
+/// so a client that lost the answer can simply send the same request again.
+async fn replayed(
+    state: &AppState,
+    principal: &Principal,
+    headers: &HeaderMap,
+    job: &Job<'_>,
+) -> ApiResult<Option<(Uuid, Uuid)>> {
+    let key = super::jobs::idempotency_key(headers)?;
+    let hash = super::jobs::request_hash(job.node_id, job.kind, job.payload, job.reason);
+    Ok(super::jobs::replay(state, principal, key.as_deref(), &hash)
+        .await?
+        .map(|row| (row.id, row.audit_event_id.unwrap_or_default())))
+}
+
 /// Queues the command with its audit row, spending the confirmation in the same transaction;
 /// returns (command id, audit event id).
 async fn enqueue(
     state: &AppState,
     principal: &Principal,
+    headers: &HeaderMap,
     job: Job<'_>,
     confirmation: (&str, &crate::confirm::Intent<'_>),
 ) -> ApiResult<(Uuid, Uuid)> {
@@ -124,21 +142,35 @@ async fn enqueue(
         audit_action,
         reason,
     } = job;
+    let key = super::jobs::idempotency_key(headers)?;
+    let hash = super::jobs::request_hash(node_id, kind, payload, reason);
     let now = state.clock.now();
     let mut tx = state.pool.begin().await?;
     commandable(&mut tx, principal, node_id).await?;
     crate::confirm::redeem(&mut tx, confirmation.0, confirmation.1, now)
         .await
         .map_err(super::confirm::confirm_error)?;
-    let command = fleet::enqueue_command(
-        &mut tx,
+    let created_by = principal.actor.label();
+    let new = NewCommand {
         node_id,
         kind,
         payload,
-        &principal.actor.label(),
-        now,
-    )
-    .await?;
+        created_by: &created_by,
+        idempotency: key.as_deref().map(|k| (k, hash.as_str())),
+    };
+    let command = match jobs::enqueue_command(&mut tx, new, now).await {
+        Ok(c) => c,
+        Err(e) if super::jobs::is_idempotency_race(&e) => {
+            // A concurrent request with the same key won; its confirmation spend is undone
+            // with this transaction, and the caller gets the winner's job.
+            drop(tx);
+            let row = super::jobs::replay(state, principal, key.as_deref(), &hash)
+                .await?
+                .ok_or_else(|| ApiError::internal(e))?;
+            return Ok((row.id, row.audit_event_id.unwrap_or_default()));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let event = audit::record(
         &mut tx,
         now,
@@ -153,6 +185,7 @@ async fn enqueue(
         },
     )
     .await?;
+    jobs::set_audit_event(&mut *tx, command.id, event).await?;
     tx.commit().await?;
     Ok((command.id, event))
 }
@@ -203,7 +236,6 @@ pub async fn install(
         target: node_id.to_string(),
         params: &params,
     };
-    let token = super::confirm::token_or_428(&state, &headers, &intent).await?;
     let job = Job {
         node_id,
         kind: "install",
@@ -211,7 +243,13 @@ pub async fn install(
         audit_action: "gateway.install",
         reason: body.reason.trim(),
     };
-    let (job_id, _) = enqueue(&state, &principal, job, (&token, &intent)).await?;
+    let (job_id, _) = match replayed(&state, &principal, &headers, &job).await? {
+        Some(done) => done,
+        None => {
+            let token = super::confirm::token_or_428(&state, &headers, &intent).await?;
+            enqueue(&state, &principal, &headers, job, (&token, &intent)).await?
+        }
+    };
     Ok((
         StatusCode::ACCEPTED,
         Json(JobAccepted {
@@ -297,7 +335,6 @@ pub async fn ops_action(
         target: node_id.to_string(),
         params: &params,
     };
-    let token = super::confirm::token_or_428(&state, &headers, &intent).await?;
     let job = Job {
         node_id,
         kind: "service_action",
@@ -305,7 +342,13 @@ pub async fn ops_action(
         audit_action,
         reason: body.reason.trim(),
     };
-    let (job_id, event) = enqueue(&state, &principal, job, (&token, &intent)).await?;
+    let (job_id, event) = match replayed(&state, &principal, &headers, &job).await? {
+        Some(done) => done,
+        None => {
+            let token = super::confirm::token_or_428(&state, &headers, &intent).await?;
+            enqueue(&state, &principal, &headers, job, (&token, &intent)).await?
+        }
+    };
     Ok(Json(OpsActionResult {
         ok: true,
         message: format!(
@@ -372,30 +415,4 @@ pub async fn status(
         reported_at: row.gateway_at,
         age_seconds: row.gateway_at.map(|t| (now - t).num_seconds().max(0)),
     }))
-}
-
-/// A job: a command and where it stands.
-pub async fn job(
-    State(state): State<AppState>,
-    principal: Principal,
-    ApiPath(job_id): ApiPath<Uuid>,
-) -> ApiResult<Json<super::nodes::CommandView>> {
-    principal.authorize(Action::CommandsRead)?;
-    let row = sqlx::query!(
-        "select c.node_id, n.labels from commands c join nodes n on n.id = c.node_id where c.id = $1",
-        job_id
-    )
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("no such job"))?;
-    principal
-        .authorize_node(
-            Action::CommandsRead,
-            &serde_json::from_value(row.labels).unwrap_or_default(),
-        )
-        .map_err(|_| ApiError::not_found("no such job"))?;
-    let command = fleet::get_command(&state.pool, row.node_id, job_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("no such job"))?;
-    Ok(Json(command.into()))
 }

@@ -8,6 +8,7 @@ mod enrollment_tokens;
 pub mod error;
 pub mod extract;
 mod gateway;
+mod jobs;
 mod nodes;
 mod pairing;
 mod roles;
@@ -169,7 +170,10 @@ fn table() -> RouteTable {
         "/v1/nodes/{node_id}/moltbot/status",
         get(gateway::status),
     )
-    .add(Method::GET, "/v1/jobs/{job_id}", get(gateway::job))
+    .add(Method::GET, "/v1/jobs", get(jobs::list))
+    .add(Method::GET, "/v1/jobs/{job_id}", get(jobs::get))
+    .add(Method::GET, "/v1/jobs/{job_id}/events", get(jobs::events))
+    .add(Method::POST, "/v1/jobs/{job_id}/cancel", post(jobs::cancel))
     .add(
         Method::GET,
         "/v1/nodes/{node_id}/commands/{command_id}",

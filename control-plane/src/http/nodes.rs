@@ -15,9 +15,8 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::audit::{self, AuditEvent, Outcome};
 use crate::auth::{Action, Principal};
-use crate::fleet::{
-    self, CommandRow, Labels, NodeQuery, NodeRow, NodeStatus, Selector, validate_labels,
-};
+use crate::fleet::{self, Labels, NodeQuery, NodeRow, NodeStatus, Selector, validate_labels};
+use crate::jobs::{self, CommandRow, NewCommand};
 
 pub const DEFAULT_PAGE: i64 = 100;
 pub const MAX_PAGE: i64 = 1000;
@@ -279,7 +278,7 @@ pub async fn revoke(
         )
         .execute(&mut *tx)
         .await?;
-        let failed_commands = fleet::fail_pending_for_revoked(&mut *tx, node_id, now).await?;
+        let failed_commands = jobs::fail_pending_for_revoked(&mut tx, node_id, now).await?;
         audit::record(
             &mut tx,
             now,
@@ -343,6 +342,14 @@ pub struct CommandView {
     pub created_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub deadline_at: Option<DateTime<Utc>>,
+    pub step: Option<String>,
+    pub deliveries: i32,
+    pub idempotency_key: Option<String>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub cancel_requested_by: Option<String>,
+    pub last_event_id: i32,
 }
 
 impl From<CommandRow> for CommandView {
@@ -358,6 +365,14 @@ impl From<CommandRow> for CommandView {
             created_at: r.created_at,
             sent_at: r.sent_at,
             completed_at: r.completed_at,
+            started_at: r.started_at,
+            deadline_at: r.deadline_at,
+            step: r.step,
+            deliveries: r.attempts + i32::from(r.sent_at.is_some()),
+            idempotency_key: r.idempotency_key,
+            cancel_requested_at: r.cancel_requested_at,
+            cancel_requested_by: r.cancel_requested_by,
+            last_event_id: r.events,
         }
     }
 }
@@ -366,22 +381,39 @@ impl From<CommandRow> for CommandView {
 pub async fn ping(
     State(state): State<AppState>,
     principal: Principal,
+    headers: axum::http::HeaderMap,
     ApiPath(node_id): ApiPath<Uuid>,
 ) -> ApiResult<(StatusCode, Json<CommandView>)> {
     principal.authorize(Action::CommandsCreate)?;
+    let key = super::jobs::idempotency_key(&headers)?;
+    let payload = json!({});
+    let hash = super::jobs::request_hash(node_id, "ping", &payload, "");
+    if let Some(row) = super::jobs::replay(&state, &principal, key.as_deref(), &hash).await? {
+        return Ok((StatusCode::ACCEPTED, Json(row.into())));
+    }
     let now = state.clock.now();
     let mut tx = state.pool.begin().await?;
     super::gateway::commandable(&mut tx, &principal, node_id).await?;
-    let command = fleet::enqueue_command(
-        &mut tx,
+    let created_by = principal.actor.label();
+    let new = NewCommand {
         node_id,
-        "ping",
-        &json!({}),
-        &principal.actor.label(),
-        now,
-    )
-    .await?;
-    audit::record(
+        kind: "ping",
+        payload: &payload,
+        created_by: &created_by,
+        idempotency: key.as_deref().map(|k| (k, hash.as_str())),
+    };
+    let command = match jobs::enqueue_command(&mut tx, new, now).await {
+        Ok(c) => c,
+        Err(e) if super::jobs::is_idempotency_race(&e) => {
+            drop(tx);
+            let row = super::jobs::replay(&state, &principal, key.as_deref(), &hash)
+                .await?
+                .ok_or_else(|| ApiError::internal(e))?;
+            return Ok((StatusCode::ACCEPTED, Json(row.into())));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let event = audit::record(
         &mut tx,
         now,
         AuditEvent {
@@ -395,6 +427,7 @@ pub async fn ping(
         },
     )
     .await?;
+    jobs::set_audit_event(&mut *tx, command.id, event).await?;
     tx.commit().await?;
     Ok((StatusCode::ACCEPTED, Json(command.into())))
 }
@@ -407,7 +440,7 @@ pub async fn get_command(
     principal.authorize(Action::CommandsRead)?;
     let node = load(&state, node_id).await?;
     principal.authorize_node(Action::CommandsRead, &node.labels())?;
-    let row = fleet::get_command(&state.pool, node_id, command_id)
+    let row = jobs::get_command(&state.pool, node_id, command_id)
         .await?
         .ok_or_else(|| ApiError::not_found("no such command"))?;
     Ok(Json(row.into()))

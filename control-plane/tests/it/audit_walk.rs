@@ -256,12 +256,22 @@ async fn every_mutating_route_writes_its_audit_row(pool: PgPool) {
         Some(json!({ "labels": { "env": "x" } })),
     )
     .await;
+    let ping = w
+        .step(
+            "POST",
+            "/v1/nodes/{node_id}/ping",
+            &format!("/v1/nodes/{node_id}/ping"),
+            o,
+            None,
+        )
+        .await;
+    let job = ping["id"].as_str().unwrap().to_owned();
     w.step(
         "POST",
-        "/v1/nodes/{node_id}/ping",
-        &format!("/v1/nodes/{node_id}/ping"),
+        "/v1/jobs/{job_id}/cancel",
+        &format!("/v1/jobs/{job}/cancel"),
         o,
-        None,
+        Some(json!({ "reason": "walk" })),
     )
     .await;
     w.step(

@@ -39,11 +39,17 @@ async fn a_command_never_delivered_expires_and_is_never_sent(pool: PgPool) {
     assert_eq!(moltops_server::serve::expire(&state).await.unwrap(), 0);
     clock.advance(chrono::Duration::minutes(2));
     // Past it, the node's stream would not be handed the stale command even before the sweep.
-    let claimable =
-        moltops_server::fleet::claim_queued_commands(&pool, node, session, state.clock.now(), 10)
-            .await
-            .unwrap();
-    let ids: Vec<String> = claimable.iter().map(|(id, _, _)| id.to_string()).collect();
+    let mut conn = pool.acquire().await.unwrap();
+    let claimable = moltops_server::jobs::claim_queued_commands(
+        &mut conn,
+        node,
+        session,
+        state.clock.now(),
+        10,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<String> = claimable.iter().map(|c| c.id.to_string()).collect();
     assert_eq!(ids, vec![delivered["id"].as_str().unwrap().to_owned()]);
     assert_eq!(moltops_server::serve::expire(&state).await.unwrap(), 1);
     let path = format!("/v1/jobs/{}", never["id"].as_str().unwrap());

@@ -9,6 +9,7 @@ mod audit_walk;
 mod confirm;
 mod contract;
 mod deadlines;
+mod jobs;
 mod matrix;
 mod pairing;
 mod registry;

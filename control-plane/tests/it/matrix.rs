@@ -237,7 +237,16 @@ fn matrix() -> Vec<Row> {
             Admin,
             Node,
         ),
+        row("get", "/v1/jobs", None, Viewer, Fleet),
         row("get", "/v1/jobs/{job_id}", None, Viewer, Node),
+        row("get", "/v1/jobs/{job_id}/events", None, Viewer, Node),
+        row(
+            "post",
+            "/v1/jobs/{job_id}/cancel",
+            Some(r#"{"reason": "matrix"}"#),
+            Admin,
+            Node,
+        ),
         row("post", "/v1/nodes/{node_id}/ping", None, Admin, Node),
         row(
             "get",
@@ -413,6 +422,14 @@ async fn the_policy_enforced_on_every_route_matches_the_matrix(pool: PgPool) {
             };
             for &own in objects {
                 let (node_id, command_id) = node(&pool, if own { "staging" } else { "prod" }).await;
+                // A finished job's event stream ends (a live one streams until it ends).
+                if row.route.ends_with("/events") {
+                    sqlx::query("update commands set status = 'succeeded' where id = $1")
+                        .bind(command_id)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
                 let path = row
                     .route
                     .replace("{node_id}", &node_id.to_string())
