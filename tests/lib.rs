@@ -650,6 +650,39 @@ impl Fixture {
         (out.node_id(), state)
     }
 
+    /// Enrolls a host that reaches the agent port through `address` (a [`Relay`]).
+    pub async fn enroll_via(&self, name: &str, labels: Value, address: &str) -> (String, PathBuf) {
+        let (_, token) = self
+            .api
+            .enrollment_token(serde_json::json!({ "labels": labels }))
+            .await;
+        let state = self.dir.join(name);
+        let out = enroll_agent(address, &token, &self.server().ca_pin, &state);
+        assert!(out.success, "enroll failed: {}", out.stderr);
+        (out.node_id(), state)
+    }
+
+    /// SIGKILLs the control plane (no drain, no goodbye to its streams) and starts a new one on
+    /// the same ports, data dir and database.
+    pub async fn crash_server(&mut self) {
+        let mut old = self.server.take().unwrap();
+        let (http, grpc, data_dir, url) = (
+            old.http,
+            old.grpc,
+            old.data_dir.clone(),
+            old.database_url.clone(),
+        );
+        old.child.kill().unwrap();
+        old.child.wait().unwrap();
+        drop(old);
+        let options = ServerOptions {
+            http_addr: http.to_string(),
+            grpc_addr: grpc.to_string(),
+            ..self.options.clone()
+        };
+        self.server = Some(Server::start(&url, &data_dir, &options).await);
+    }
+
     /// Restarts the control plane on the same ports, data dir and database.
     pub async fn restart_server(&mut self) {
         let old = self.server.take().unwrap();
@@ -898,5 +931,66 @@ impl JobEvents {
             all.push(e);
         }
         all
+    }
+}
+
+/// A TCP relay on loopback in front of `target`, whose live connections can be cut at once (a
+/// network break between an agent and the control plane) while it keeps accepting new ones. It
+/// runs on its own thread, so blocking calls in a test (enrolling) do not stall it.
+pub struct Relay {
+    pub address: String,
+    cut: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+impl Relay {
+    pub async fn start(target: String) -> Self {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let address = format!("localhost:{}", std_listener.local_addr().unwrap().port());
+        let (cut, _) = watch::channel(0u64);
+        let (stop, mut stopped) = watch::channel(false);
+        let cuts = cut.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                loop {
+                    let accepted = tokio::select! {
+                        _ = stopped.changed() => return,
+                        a = listener.accept() => a,
+                    };
+                    let Ok((mut inbound, _)) = accepted else {
+                        return;
+                    };
+                    let target = target.clone();
+                    let mut cut = cuts.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            });
+        });
+        Self { address, cut, stop }
+    }
+
+    /// Drops every connection open now.
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }

@@ -77,6 +77,9 @@ enum Command {
         /// (upstream's unit: RestartSec=5).
         #[arg(long, default_value_t = 5000)]
         gateway_restart_delay_ms: u64,
+        /// Bytes an install may move through the egress proxy before it is cut (default 2 GiB).
+        #[arg(long, env = "MOLTOPS_INSTALL_BYTE_BUDGET", default_value_t = 2 * 1024 * 1024 * 1024)]
+        install_byte_budget: u64,
     },
 }
 
@@ -134,6 +137,7 @@ async fn main() -> ExitCode {
             npm_cache,
             gateway_stop_timeout_seconds,
             gateway_restart_delay_ms,
+            install_byte_budget,
         } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
@@ -145,6 +149,7 @@ async fn main() -> ExitCode {
                     npm_cache,
                     stop_timeout: Duration::from_secs(gateway_stop_timeout_seconds),
                     restart_delay: Duration::from_millis(gateway_restart_delay_ms),
+                    byte_budget: install_byte_budget,
                     ..moltops_agent::gateway::Options::default()
                 },
                 ..RunOptions::default()
