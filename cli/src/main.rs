@@ -676,6 +676,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 for (version, count) in s["agent_versions"].as_object().into_iter().flatten() {
                     println!("  agent {version}: {count}");
                 }
+                let g = &s["gateways"];
+                println!(
+                    "gateways: {} installed, {} running, {} ready, {} crash-looping",
+                    g["installed"], g["running"], g["ready"], g["crash_loop"]
+                );
+                for (version, count) in s["gateway_versions"].as_object().into_iter().flatten() {
+                    println!("  gateway {version}: {count}");
+                }
             });
         }
         Command::Nodes {

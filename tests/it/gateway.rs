@@ -94,6 +94,17 @@ async fn an_agent_installs_runs_restarts_and_stops_its_gateway_with_every_step_v
     .await;
     assert_eq!(status["version"], "2026.9.1");
     assert_eq!(status["service_manager"], "supervisor");
+    // The fleet at a glance counts it by gateway version and state.
+    let (_, summary) = fx.api.get("/v1/fleet/summary").await;
+    assert_eq!(
+        summary["gateway_versions"],
+        json!({ "2026.9.1": 1 }),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["gateways"],
+        json!({ "installed": 1, "running": 1, "ready": 1, "crash_loop": 0 })
+    );
     assert_eq!(status["restart_count_24h"], 0);
     let first_start = status["last_start_time"].as_str().unwrap().to_owned();
 

@@ -509,6 +509,17 @@ pub struct FleetSummary {
     pub revoked: i64,
     /// Agent version → number of (not revoked) nodes.
     pub agent_versions: std::collections::BTreeMap<String, i64>,
+    /// Installed gateway version (`none`: no gateway) → number of (not revoked) nodes.
+    pub gateway_versions: std::collections::BTreeMap<String, i64>,
+    pub gateways: GatewayCounts,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GatewayCounts {
+    pub installed: i64,
+    pub running: i64,
+    pub ready: i64,
+    pub crash_loop: i64,
 }
 
 pub async fn summary(
@@ -519,7 +530,13 @@ pub async fn summary(
     let now = state.clock.now();
     let online_since = state.settings.liveness.online_since(now);
     let rows = sqlx::query!(
-        "select labels, agent_version, connected, last_seen, revoked_at is not null as \"revoked!\" from nodes"
+        r#"select labels, agent_version, connected, last_seen, revoked_at is not null as "revoked!",
+                  case when coalesce((gateway->>'installed')::boolean, false)
+                       then coalesce(nullif(gateway->>'version', ''), 'unknown') end as gateway_version,
+                  coalesce((gateway->>'running')::boolean, false) as "gateway_running!",
+                  coalesce((gateway->>'gateway_connected')::boolean, false) as "gateway_ready!",
+                  coalesce((gateway->>'crash_loop')::boolean, false) as "gateway_crash_loop!"
+           from nodes"#
     )
     .fetch_all(&state.pool)
     .await?;
@@ -529,6 +546,8 @@ pub async fn summary(
         offline: 0,
         revoked: 0,
         agent_versions: std::collections::BTreeMap::new(),
+        gateway_versions: std::collections::BTreeMap::new(),
+        gateways: GatewayCounts::default(),
     };
     for row in rows {
         let labels: crate::fleet::Labels = serde_json::from_value(row.labels).unwrap_or_default();
@@ -543,6 +562,16 @@ pub async fn summary(
         }
         if !row.revoked {
             *summary.agent_versions.entry(row.agent_version).or_default() += 1;
+            let installed = row.gateway_version.is_some();
+            *summary
+                .gateway_versions
+                .entry(row.gateway_version.unwrap_or_else(|| "none".into()))
+                .or_default() += 1;
+            let g = &mut summary.gateways;
+            g.installed += i64::from(installed);
+            g.running += i64::from(installed && row.gateway_running);
+            g.ready += i64::from(installed && row.gateway_running && row.gateway_ready);
+            g.crash_loop += i64::from(installed && row.gateway_crash_loop);
         }
     }
     Ok(Json(summary))
