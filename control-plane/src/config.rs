@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// How often to sign a checkpoint of the audit chain's head (default 300).
     #[arg(long, env = "MOLTOPS_AUDIT_CHECKPOINT_INTERVAL_SECONDS")]
     pub audit_checkpoint_interval_seconds: Option<u64>,
+    /// The built web admin (a directory with index.html), served at `/`. Default: the first of
+    /// `<binary dir>/../share/moltops/web` and `<binary dir>/../../web-admin/dist` that exists.
+    #[arg(long, env = "MOLTOPS_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -85,6 +89,7 @@ pub struct FileConfig {
     pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
     pub public_url: Option<String>,
     pub audit_checkpoint_interval_seconds: Option<u64>,
+    pub web_dir: Option<PathBuf>,
     /// `[audit_forward]`: ship the audit log to syslog (TCP) and/or a webhook.
     #[serde(default)]
     pub audit_forward: Option<crate::audit_forward::ForwardConfig>,
@@ -115,6 +120,21 @@ pub struct Config {
     /// How often the audit chain's head is signed.
     pub audit_checkpoint_interval_seconds: u64,
     pub audit_forward: crate::audit_forward::ForwardConfig,
+    /// The web admin's files; none: `/` says it is not built.
+    pub web_dir: Option<PathBuf>,
+}
+
+/// Where the web admin is, if nowhere was configured: next to an installed binary, or in the
+/// source tree the binary was built in.
+fn default_web_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let bin = exe.parent()?;
+    [
+        bin.join("../share/moltops/web"),
+        bin.join("../../web-admin/dist"),
+    ]
+    .into_iter()
+    .find(|d| d.join("index.html").is_file())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,7 +282,18 @@ impl ServeArgs {
         }
         let audit_forward = file.audit_forward.unwrap_or_default();
         audit_forward.validate().map_err(ConfigError::Invalid)?;
+        let web_dir = match self.web_dir.clone().or(file.web_dir) {
+            Some(dir) if !dir.join("index.html").is_file() => {
+                return Err(ConfigError::Invalid(format!(
+                    "web_dir {} has no index.html (build it with `npm run build` in web-admin/)",
+                    dir.display()
+                )));
+            }
+            Some(dir) => Some(dir),
+            None => default_web_dir(),
+        };
         Ok(Config {
+            web_dir,
             audit_forward,
             audit_checkpoint_interval_seconds,
             public_url,

@@ -319,9 +319,10 @@ pub async fn confirm(
     code: &str,
     secret: Option<&str>,
     device_name: &str,
+    web: bool,
     now: DateTime<Utc>,
     rng: &mut (dyn RngCore + Send),
-) -> Result<(Uuid, Tokens), PairingError> {
+) -> Result<(Uuid, Tokens, Option<WebSession>), PairingError> {
     let normalized = normalize_code(code).ok_or(PairingError::UnknownCode)?;
     let mut tx = pool.begin().await?;
     let pairing = sqlx::query!(
@@ -383,8 +384,25 @@ pub async fn confirm(
     )
     .execute(&mut *tx)
     .await?;
-    let tokens = new_tokens(rng);
-    insert_session(&mut tx, device_id, &tokens, now).await?;
+    let mut tokens = new_tokens(rng);
+    // A browser gets a cookie session (HttpOnly cookie + CSRF token), never tokens a script
+    // could read.
+    let web_session = web.then(|| WebSession {
+        cookie: tokens.access.clone(),
+        csrf: generate_secret("", 32, rng),
+        expires_in: WEB_SESSION_TTL,
+    });
+    if web {
+        tokens.access_expires_in = WEB_SESSION_TTL;
+    }
+    insert_owned_session(
+        &mut tx,
+        SessionOwner::Device(device_id),
+        &tokens,
+        web_session.as_ref().map(|w| w.csrf.as_str()),
+        now,
+    )
+    .await?;
     audit::record(
         &mut tx,
         now,
@@ -398,12 +416,12 @@ pub async fn confirm(
             target_id: device_id.to_string(),
             reason: None,
             outcome: Outcome::Success,
-            detail: json!({ "pairing_id": pairing.id, "kind": pairing.kind, "role": role }),
+            detail: json!({ "pairing_id": pairing.id, "kind": pairing.kind, "role": role, "session": if web { "cookie" } else { "tokens" } }),
         },
     )
     .await?;
     tx.commit().await?;
-    Ok((device_id, tokens))
+    Ok((device_id, tokens, web_session))
 }
 
 /// An approval is only as good as its approver at the moment of use: if the approver was
@@ -465,17 +483,6 @@ async fn approver_still_entitled(
 pub enum SessionOwner {
     Device(Uuid),
     SsoUser(Uuid),
-}
-
-async fn insert_session(
-    tx: &mut sqlx::PgConnection,
-    device_id: Uuid,
-    tokens: &Tokens,
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    insert_owned_session(tx, SessionOwner::Device(device_id), tokens, None, now)
-        .await
-        .map(|_| ())
 }
 
 /// Inserts a session; a web session also stores its CSRF token's hash, and its access token

@@ -26,6 +26,8 @@ pub struct Settings {
     pub grpc_advertise: String,
     pub grpc_server_names: Vec<String>,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The web admin's built files, served at `/`.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -43,6 +45,7 @@ impl Settings {
             grpc_advertise: config.grpc_advertise.clone(),
             grpc_server_names: config.grpc_server_names.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            web_dir: config.web_dir.clone(),
         }
     }
 }

@@ -15,7 +15,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -297,16 +296,25 @@ impl Follow {
     }
 }
 
+#[derive(Debug, Serialize)]
+pub struct JobEventPage {
+    pub items: Vec<JobEvent>,
+    pub status: String,
+    pub more: bool,
+}
+
 /// A job's events as Server-Sent Events: every event after `Last-Event-ID` (or `after`), then
-/// new ones as they happen; the stream ends after the job's final state.
+/// new ones as they happen; the stream ends after the job's final state. A client that asks for
+/// JSON only gets one page of what is recorded so far.
 pub async fn events(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
     ApiPath(job_id): ApiPath<Uuid>,
     ApiQuery(params): ApiQuery<EventParams>,
-) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    visible_job(&state, &principal, job_id, Action::CommandsRead).await?;
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let row = visible_job(&state, &principal, job_id, Action::CommandsRead).await?;
     let after = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -319,6 +327,22 @@ pub async fn events(
     if after < 0 {
         return Err(ApiError::bad_request("after must not be negative"));
     }
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("application/json") && !accept.contains("text/event-stream") {
+        const PAGE: i64 = 1000;
+        let mut items = jobs::events(&state.pool, job_id, after, PAGE + 1).await?;
+        let more = items.len() as i64 > PAGE;
+        items.truncate(PAGE as usize);
+        return Ok(Json(JobEventPage {
+            items,
+            status: row.status,
+            more,
+        })
+        .into_response());
+    }
     // Subscribed before the first read, so nothing that happens in between is missed.
     let follow = Follow {
         notices: state.hub.subscribe_job_events(),
@@ -330,9 +354,11 @@ pub async fn events(
     };
     let stream = futures_util::stream::unfold(follow, |mut f| async move {
         let e = f.next().await?;
-        Some((Ok(sse_event(&e)), f))
+        Some((Ok::<_, Infallible>(sse_event(&e)), f))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,6 +15,7 @@ mod roles;
 mod sso;
 mod system;
 mod users;
+mod web;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -192,7 +193,7 @@ pub fn operations() -> Vec<Operation> {
 pub fn router(state: AppState) -> Router {
     table()
         .router
-        .fallback(not_found)
+        .fallback(web::fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // API responses carry state and sometimes secrets (tokens shown once): never cache them.
@@ -247,10 +248,6 @@ async fn request_id(
         response.headers_mut().insert("x-request-id", value);
     }
     response
-}
-
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such route")
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -140,6 +140,24 @@ pub struct ConfirmRequest {
     /// Required for codes from `/pair/start`; a console setup code has none.
     #[serde(default)]
     pub pairing_secret: Option<String>,
+    /// `tokens` (default): access and refresh tokens in the body, for the CLI and scripts.
+    /// `cookie`: a browser session — an HttpOnly session cookie and a CSRF cookie, no tokens.
+    #[serde(default)]
+    pub session: Option<SessionKind>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    Tokens,
+    Cookie,
+}
+
+/// What a browser gets from `/pair/confirm` with `session: cookie` (the secrets are in cookies).
+#[derive(Debug, Serialize)]
+pub struct CookieSessionStarted {
+    pub session: &'static str,
+    pub expires_in_seconds: i64,
 }
 
 /// The seed contract's `AuthTokens`.
@@ -172,22 +190,42 @@ pub async fn confirm(
     }
     let now = state.clock.now();
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let web = body.session == Some(SessionKind::Cookie);
     let result = pairing::confirm(
         &state.pool,
         &body.pairing_code,
         body.pairing_secret.as_deref(),
         &body.device_name,
+        web,
         now,
         &mut rng,
     )
     .await;
     match result {
-        Ok((_, tokens)) => {
+        Ok((_, tokens, web_session)) => {
             state
                 .limits
                 .lockout
                 .record_success(&crate::ratelimit::limit_key(client.0));
-            Ok(Json(AuthTokens::from(tokens)).into_response())
+            match web_session {
+                Some(web) => {
+                    let mut headers = axum::http::HeaderMap::new();
+                    super::sso::set_session_cookies(&state, &mut headers, &web);
+                    headers.insert(
+                        axum::http::header::CACHE_CONTROL,
+                        axum::http::HeaderValue::from_static("no-store"),
+                    );
+                    Ok((
+                        headers,
+                        Json(CookieSessionStarted {
+                            session: "cookie",
+                            expires_in_seconds: web.expires_in.num_seconds(),
+                        }),
+                    )
+                        .into_response())
+                }
+                None => Ok(Json(AuthTokens::from(tokens)).into_response()),
+            }
         }
         Err(e) => {
             if !matches!(e, PairingError::NotApproved | PairingError::Database(_)) {
@@ -382,6 +420,9 @@ pub struct Me {
     pub role: Role,
     /// Label selector the role is limited to; empty for the whole fleet.
     pub scope: String,
+    /// What the role allows, as `object:action` (e.g. `commands:create`), so a client can leave
+    /// out what the caller may not do (the server still checks every request).
+    pub permissions: Vec<String>,
 }
 
 pub async fn me(principal: Principal) -> ApiResult<Json<Me>> {
@@ -396,7 +437,15 @@ pub async fn me(principal: Principal) -> ApiResult<Json<Me>> {
         kind: principal.actor.kind(),
         id: principal.actor.id(),
         name,
-        role: principal.role,
+        role: principal.role.clone(),
         scope: principal.scope.to_string(),
+        permissions: Action::ALL
+            .iter()
+            .filter(|a| principal.authz.allows(&principal.role, **a))
+            .map(|a| {
+                let (object, action) = crate::rbac::permission(*a);
+                format!("{object}:{action}")
+            })
+            .collect(),
     }))
 }

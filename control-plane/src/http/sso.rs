@@ -130,6 +130,31 @@ fn cookie(
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
 }
 
+/// Sets a browser session's cookies: the session (HttpOnly) and the CSRF token the page echoes.
+pub(super) fn set_session_cookies(
+    state: &AppState,
+    headers: &mut axum::http::HeaderMap,
+    web: &crate::pairing::WebSession,
+) {
+    let max_age = web.expires_in.num_seconds();
+    headers.append(
+        header::SET_COOKIE,
+        cookie(
+            state,
+            SESSION_COOKIE,
+            &web.cookie,
+            "/",
+            max_age,
+            "Strict",
+            true,
+        ),
+    );
+    headers.append(
+        header::SET_COOKIE,
+        cookie(state, CSRF_COOKIE, &web.csrf, "/", max_age, "Strict", false),
+    );
+}
+
 /// Starts a browser sign-in: 302 to the provider, with the binding cookie.
 pub async fn login(
     State(state): State<AppState>,
@@ -260,31 +285,7 @@ pub async fn callback(
     )
     .await?;
     let web = web.ok_or_else(|| ApiError::internal("web session missing"))?;
-    let max_age = web.expires_in.num_seconds();
-    headers.append(
-        header::SET_COOKIE,
-        cookie(
-            &state,
-            SESSION_COOKIE,
-            &web.cookie,
-            "/",
-            max_age,
-            "Strict",
-            true,
-        ),
-    );
-    headers.append(
-        header::SET_COOKIE,
-        cookie(
-            &state,
-            CSRF_COOKIE,
-            &web.csrf,
-            "/",
-            max_age,
-            "Strict",
-            false,
-        ),
-    );
+    set_session_cookies(&state, &mut headers, &web);
     // A same-site navigation from this page, so the Strict cookie goes with the next request.
     let page = "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0;url=/\">\
                 <title>moltops: signed in</title><p>Signed in. <a href=\"/\">Continue</a>";

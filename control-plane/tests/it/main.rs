@@ -14,6 +14,7 @@ mod matrix;
 mod pairing;
 mod registry;
 mod roles;
+mod web;
 
 use std::sync::Arc;
 
@@ -62,6 +63,7 @@ pub async fn state(pool: PgPool) -> (AppState, ManualClock) {
             grpc_advertise: "cp.example:7338".into(),
             grpc_server_names: vec!["cp.example".into()],
             trusted_proxies: vec!["10.9.9.9".parse().unwrap()],
+            web_dir: None,
         }),
         limits: Arc::new(moltops_server::serve::Limits::default()),
         signer,

@@ -116,7 +116,10 @@ async fn a_device_pairs_only_after_approval_and_with_its_secret(pool: PgPool) {
     let (_, me) = call(&state, "GET", "/v1/me", Some(access), None).await;
     assert_eq!(
         me,
-        json!({ "kind": "device", "id": me["id"], "name": "ops laptop", "role": "viewer", "scope": "" })
+        json!({
+            "kind": "device", "id": me["id"], "name": "ops laptop", "role": "viewer", "scope": "",
+            "permissions": ["nodes:read", "commands:read", "enrollment_tokens:read", "ca:read", "self:read"]
+        })
     );
     assert_eq!(
         call(&state, "GET", "/v1/nodes", Some(access), None).await.0,
