@@ -199,13 +199,12 @@ pub async fn install(
 ) -> ApiResult<(StatusCode, Json<JobAccepted>)> {
     principal.authorize(Action::CommandsCreate)?;
     check_reason(&body.reason)?;
+    // The agent decides whether its host can use the method (docker and brew need their CLIs;
+    // a host without them fails the job with that reason).
     let method = match body.method {
         Method::Npm => "npm",
-        Method::Docker | Method::Brew => {
-            return Err(ApiError::validation(
-                "only the npm method installs on these agents today (docker and brew are not available)",
-            ));
-        }
+        Method::Docker => "docker",
+        Method::Brew => "brew",
     };
     let channel = match body.channel.unwrap_or(Channel::Stable) {
         Channel::Stable => "stable",
