@@ -1,7 +1,9 @@
 //! `moltops-agent enroll …` and `moltops-agent run …`.
 //!
 //! Exit codes of `run`: 0 after SIGTERM/SIGINT, 3 when the node was revoked, 4 when the
-//! certificate expired before it could be renewed (both need a new enrollment), 1 otherwise.
+//! certificate expired before it could be renewed (both need a new enrollment), 2 for a flag
+//! clap refuses, 1 otherwise (including a `--service-manager` this host cannot honour, refused
+//! before anything connects).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +11,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use moltops_agent::enroll::{EnrollOptions, enroll};
+use moltops_agent::managed::ManagedGateway;
 use moltops_agent::run::tokio_util_shim::CancellationToken;
 use moltops_agent::run::{RunEnd, RunOptions, run};
+use moltops_agent::service::{HostProbe, ServiceKind, select};
 use moltops_agent::state::StateDir;
 
 #[derive(Parser)]
@@ -60,9 +64,33 @@ enum Command {
         /// Upper bound of the reconnect delay.
         #[arg(long, default_value_t = 30)]
         max_backoff_seconds: u64,
-        /// The managed gateway's loopback port.
-        #[arg(long, env = "MOLTOPS_GATEWAY_PORT", default_value_t = 18789)]
-        gateway_port: u16,
+        /// The managed gateway's loopback port (default: the product's, 18789 for OpenClaw,
+        /// 13131 for Moltis).
+        #[arg(long, env = "MOLTOPS_GATEWAY_PORT")]
+        gateway_port: Option<u16>,
+        /// Which gateway product this host runs: its package, run arguments, configuration file
+        /// and readiness endpoint.
+        #[arg(
+            long,
+            env = "MOLTOPS_GATEWAY_PRODUCT",
+            default_value = "openclaw",
+            value_parser = ["openclaw", "moltis"]
+        )]
+        gateway_product: String,
+        /// What runs the gateway: auto (chosen from the host), supervisor (built in), systemd,
+        /// systemd-user, launchd or docker. An explicit choice this host cannot honour stops the
+        /// agent at start with the reason.
+        #[arg(
+            long,
+            env = "MOLTOPS_SERVICE_MANAGER",
+            default_value = "auto",
+            value_parser = parse_service_manager
+        )]
+        service_manager: ServiceManagerChoice,
+        /// The image repository docker installs pull from (default: the product's published
+        /// one; Moltis has none known, so name it here).
+        #[arg(long, env = "MOLTOPS_GATEWAY_IMAGE")]
+        gateway_image: Option<String>,
         /// Install this package tarball instead of OpenClaw from the registry (the scenario
         /// gateway for tests and demos).
         #[arg(long, env = "MOLTOPS_GATEWAY_PACKAGE_FILE")]
@@ -133,18 +161,54 @@ async fn main() -> ExitCode {
             state_dir,
             max_backoff_seconds,
             gateway_port,
+            gateway_product,
+            service_manager,
+            gateway_image,
             gateway_package_file,
             npm_cache,
             gateway_stop_timeout_seconds,
             gateway_restart_delay_ms,
             install_byte_budget,
         } => {
+            // Resolved once, before anything connects: a choice this host cannot honour is an
+            // operator's mistake to fix now, not a failure to discover at the first install.
+            let product: &'static dyn ManagedGateway =
+                match moltops_agent::managed::by_name(&gateway_product) {
+                    Ok(product) => product,
+                    Err(e) => {
+                        eprintln!("moltops-agent: --gateway-product: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+            let service = match select(&HostProbe::detect(), service_manager.0) {
+                Ok(kind) => kind,
+                Err(e) => {
+                    eprintln!("moltops-agent: --service-manager: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if let Some(Err(e)) = gateway_image
+                .as_deref()
+                .map(moltops_agent::methods::validate_repository)
+            {
+                eprintln!("moltops-agent: --gateway-image: {e}");
+                return ExitCode::FAILURE;
+            }
+            tracing::info!(
+                service_manager = %service,
+                chosen = if service_manager.0.is_some() { "by the operator" } else { "automatically" },
+                product = product.product(),
+                "the gateway's service manager"
+            );
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
             let options = RunOptions {
                 backoff_cap: Duration::from_secs(max_backoff_seconds.max(1)),
                 gateway: moltops_agent::gateway::Options {
-                    port: gateway_port,
+                    product,
+                    service,
+                    image_repository: gateway_image,
+                    port: gateway_port.unwrap_or_else(|| product.default_port()),
                     package_file: gateway_package_file,
                     npm_cache,
                     stop_timeout: Duration::from_secs(gateway_stop_timeout_seconds),
@@ -180,6 +244,19 @@ async fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `--service-manager`: `auto` (`None`) or a [`ServiceKind`] an operator insists on.
+#[derive(Debug, Clone, Copy)]
+struct ServiceManagerChoice(Option<ServiceKind>);
+
+fn parse_service_manager(text: &str) -> Result<ServiceManagerChoice, String> {
+    if text == "auto" {
+        return Ok(ServiceManagerChoice(None));
+    }
+    text.parse::<ServiceKind>()
+        .map(|kind| ServiceManagerChoice(Some(kind)))
+        .map_err(|e| format!("{e}, or auto"))
 }
 
 /// The first non-empty line of a file, or of standard input for "-".

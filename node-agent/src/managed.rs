@@ -3,9 +3,12 @@
 //! and in which format, the minimal local configuration it gets, how to tell that it is ready,
 //! the names upstream gives its service, and how to read its version.
 //!
-//! [`OpenClaw`] follows the measured facts and what the agent runs today; [`Moltis`] follows the
-//! facts file for its configuration, data directory and health endpoint, and upstream's CLI for
-//! its run arguments. Nothing here does I/O: the gateway module does it with these answers.
+//! [`OpenClaw`] follows the measured facts and what the agent runs (and the end-to-end tests
+//! observe) byte for byte; [`Moltis`] follows the facts file for its configuration, data directory
+//! and health endpoint, and upstream's CLI for its run arguments — it is unit-tested only, never
+//! run against a live Moltis here. The container commands of both are assumptions from upstream
+//! material, not verified against their images. Nothing here does I/O: [`crate::gateway`] does it
+//! with these answers.
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -44,18 +47,28 @@ impl GatewayDirs {
     }
 }
 
-/// One gateway product's conventions.
-pub trait ManagedGateway: Send + Sync {
+/// One gateway product's conventions. `Debug` so that options holding a product can be printed.
+pub trait ManagedGateway: Send + Sync + std::fmt::Debug {
     /// The product's name (`openclaw`, `moltis`).
     fn product(&self) -> &'static str;
     /// The package to install (the npm package, the Homebrew formula's name).
     fn package(&self) -> &'static str;
+    /// The npm package, when the product is published on npm (`None`: installing it with npm
+    /// would fetch whatever someone else published under that name).
+    fn npm_package(&self) -> Option<&'static str>;
+    /// The image repository its container images are published under, when one is known.
+    fn image_repository(&self) -> Option<&'static str>;
     /// The executable the package provides.
     fn binary(&self) -> &'static str;
     /// The port its documentation uses.
     fn default_port(&self) -> u16;
     /// The arguments (after the executable) that run the gateway on loopback at `port`.
     fn run_args(&self, port: u16) -> Vec<String>;
+    /// The command (executable included) that runs the gateway inside its container image at
+    /// `port`. It listens on the container's own interface, because a process bound to the
+    /// container's loopback cannot be reached through a published port; the host publishes that
+    /// port on its loopback only.
+    fn container_args(&self, port: u16) -> Vec<String>;
     /// The environment that points it at its own directories and keeps it from managing its own
     /// service.
     fn environment(&self, dirs: &GatewayDirs) -> Vec<(String, String)>;
@@ -109,6 +122,14 @@ impl ManagedGateway for OpenClaw {
         "openclaw"
     }
 
+    fn npm_package(&self) -> Option<&'static str> {
+        Some("openclaw")
+    }
+
+    fn image_repository(&self) -> Option<&'static str> {
+        Some(crate::methods::OPENCLAW_IMAGE_REPOSITORY)
+    }
+
     fn binary(&self) -> &'static str {
         "openclaw"
     }
@@ -123,6 +144,25 @@ impl ManagedGateway for OpenClaw {
             "run",
             "--bind",
             "loopback",
+            "--port",
+            &port.to_string(),
+            "--allow-unconfigured",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    fn container_args(&self, port: u16) -> Vec<String> {
+        // Upstream's compose file runs the image's `dist/index.js` from its working directory,
+        // bound to `lan` (every interface of the container). Not verified against the image here.
+        [
+            "node",
+            "dist/index.js",
+            "gateway",
+            "run",
+            "--bind",
+            "lan",
             "--port",
             &port.to_string(),
             "--allow-unconfigured",
@@ -159,13 +199,12 @@ impl ManagedGateway for OpenClaw {
         // Local mode (so it runs without onboarding) and a log file of its own: without
         // `logging.file` every instance on the host writes /tmp/openclaw/openclaw-DATE.log.
         // Bind and port are on the command line.
-        let config = serde_json::json!({
+        // Compact, without a trailing newline: byte for byte what the agent has always written.
+        serde_json::json!({
             "gateway": { "mode": "local" },
             "logging": { "file": dirs.log_dir.join("openclaw.log") },
-        });
-        let mut text = serde_json::to_string_pretty(&config).unwrap_or_else(|_| config.to_string());
-        text.push('\n');
-        text
+        })
+        .to_string()
     }
 
     fn readiness_path(&self) -> &'static str {
@@ -212,6 +251,16 @@ impl ManagedGateway for Moltis {
         "moltis"
     }
 
+    fn npm_package(&self) -> Option<&'static str> {
+        // Moltis ships as release binaries, a Homebrew formula, a snap and an image (facts file).
+        None
+    }
+
+    fn image_repository(&self) -> Option<&'static str> {
+        // Its image's exact name is not in the measured facts: an operator names it.
+        None
+    }
+
     fn binary(&self) -> &'static str {
         "moltis"
     }
@@ -225,6 +274,21 @@ impl ManagedGateway for Moltis {
             "gateway",
             "--bind",
             "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    fn container_args(&self, port: u16) -> Vec<String> {
+        // Assumes the image puts `moltis` on PATH; not verified against an image here.
+        [
+            "moltis",
+            "gateway",
+            "--bind",
+            "0.0.0.0",
             "--port",
             &port.to_string(),
         ]
@@ -512,13 +576,29 @@ mod tests {
             ]
         );
         assert_eq!(OpenClaw.config_format(), ConfigFormat::Json);
-        let config: Value = serde_json::from_str(&OpenClaw.minimal_config(&dirs, 18789)).unwrap();
+        // Byte for byte what the agent's gateway has always written (compact, no newline).
         assert_eq!(
-            config,
-            serde_json::json!({
-                "gateway": { "mode": "local" },
-                "logging": { "file": "/var/lib/moltops/gateway-state/logs/openclaw.log" },
-            })
+            OpenClaw.minimal_config(&dirs, 18789),
+            r#"{"gateway":{"mode":"local"},"logging":{"file":"/var/lib/moltops/gateway-state/logs/openclaw.log"}}"#
+        );
+        assert_eq!(OpenClaw.npm_package(), Some("openclaw"));
+        assert_eq!(
+            OpenClaw.image_repository(),
+            Some(crate::methods::OPENCLAW_IMAGE_REPOSITORY)
+        );
+        assert_eq!(
+            OpenClaw.container_args(18789),
+            [
+                "node",
+                "dist/index.js",
+                "gateway",
+                "run",
+                "--bind",
+                "lan",
+                "--port",
+                "18789",
+                "--allow-unconfigured"
+            ]
         );
         assert_eq!(OpenClaw.readiness_path(), "/readyz");
         assert_eq!(OpenClaw.upstream_systemd_unit(), "openclaw-gateway.service");
@@ -562,6 +642,13 @@ mod tests {
             "# Written by moltops-agent: loopback only, plain HTTP on loopback.\n[server]\nbind = \"127.0.0.1\"\nport = 13131\n\n[tls]\nenabled = false\n"
         );
         assert_eq!(Moltis.readiness_path(), "/health");
+        // Not on npm, and no image name in the facts: an operator names the image.
+        assert_eq!(Moltis.npm_package(), None);
+        assert_eq!(Moltis.image_repository(), None);
+        assert_eq!(
+            Moltis.container_args(13131),
+            ["moltis", "gateway", "--bind", "0.0.0.0", "--port", "13131"]
+        );
         assert_eq!(Moltis.upstream_systemd_unit(), "moltis.service");
         assert_eq!(Moltis.upstream_launchd_label(), "org.moltis.gateway");
         assert!(Moltis.restart_prevent_exit_statuses().is_empty());

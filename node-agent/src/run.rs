@@ -113,7 +113,8 @@ pub async fn run(
         .node()
         .context("this state directory is not enrolled; run `moltops-agent enroll` first")?;
     tracing::info!(node_id = %node.node_id, server = %node.server, "starting");
-    // The gateway this agent manages keeps running across reconnects; it stops with the agent.
+    // The gateway this agent manages keeps running across reconnects. A supervised one stops with
+    // the agent; one under a service manager (systemd, launchd, docker) keeps running without it.
     let gateway = crate::gateway::Gateway::new(state.root(), options.gateway.clone());
     gateway.resume().await;
     let journal = std::sync::Arc::new(

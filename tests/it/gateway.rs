@@ -237,6 +237,30 @@ async fn an_agent_installs_runs_restarts_and_stops_its_gateway_with_every_step_v
     )
     .await;
 
+    // A docker install on a host that cannot run containers fails saying why, and leaves the
+    // running gateway alone.
+    let (status, accepted) = fx
+        .api
+        .confirmed(
+            Method::POST,
+            &format!("/v1/nodes/{node}/install/local"),
+            Some(json!({ "method": "docker", "reason": "try containers" })),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let refused = job(&fx, accepted["job_id"].as_str().unwrap()).await;
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let why = refused["error"].as_str().unwrap();
+    assert!(
+        why.contains("docker is not installed") || why.contains("docker daemon is not reachable"),
+        "{why}"
+    );
+    let (_, after) = fx
+        .api
+        .get(&format!("/v1/nodes/{node}/moltbot/status"))
+        .await;
+    assert_eq!(after["gateway_connected"], true, "{after}");
+
     // Every step is in the audit log with its reason.
     for action in [
         "gateway.install",

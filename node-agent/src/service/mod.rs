@@ -210,11 +210,15 @@ pub fn select(probe: &HostProbe, override_: Option<ServiceKind>) -> Result<Servi
     }
 }
 
+/// What `auto` picks. A system unit or launch daemon must run the gateway as a named user
+/// (never root), and the agent has no such user to give it yet, so an agent running as root
+/// keeps the gateway under its own supervisor; an unprivileged agent uses its user's manager.
 fn automatic(probe: &HostProbe) -> ServiceKind {
     match probe.os.as_str() {
-        "macos" => ServiceKind::Launchd,
-        "linux" if probe.in_container || !probe.systemd_running => ServiceKind::Supervisor,
-        "linux" if probe.is_root => ServiceKind::Systemd { user: false },
+        "macos" if !probe.is_root => ServiceKind::Launchd,
+        "linux" if probe.in_container || !probe.systemd_running || probe.is_root => {
+            ServiceKind::Supervisor
+        }
         "linux" if probe.user_bus_available => ServiceKind::Systemd { user: true },
         _ => ServiceKind::Supervisor,
     }
@@ -740,13 +744,15 @@ mod tests {
             },
             ServiceKind::Supervisor,
         );
+        // Root with systemd: a system unit would need a run-as user the agent does not have
+        // (`--service-manager systemd` still chooses it explicitly).
         check(
             HostProbe {
                 systemd_running: true,
                 is_root: true,
                 ..linux()
             },
-            ServiceKind::Systemd { user: false },
+            ServiceKind::Supervisor,
         );
         check(
             HostProbe {
