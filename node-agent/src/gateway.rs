@@ -2175,7 +2175,7 @@ mod tests {
             "--tmpfs",
             "/tmp",
             "--env",
-            "OPENCLAW_STATE_DIR=/var/lib/moltops-gateway",
+            "OPENCLAW_STATE_DIR=/var/lib/moltops-gateway", // pragma: allowlist secret
             "--env",
             "OPENCLAW_CONFIG_PATH=/var/lib/moltops-gateway/openclaw.json",
             "--env",
