@@ -188,6 +188,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
+    // An address derived from a configured port 0 names the port actually bound (the enroll
+    // command printed for operators must work).
+    let mut state = state;
+    if let Some(host) = state.settings.grpc_advertise.strip_suffix(":0") {
+        let mut settings = (*state.settings).clone();
+        settings.grpc_advertise = format!("{host}:{}", grpc_addr.port());
+        state.settings = Arc::new(settings);
+    }
     // Without a configured public URL, redirect URIs use the address we are bound to.
     state.sso.default_public_url(format!(
         "{}://{http_addr}",

@@ -16,6 +16,7 @@ mod pairing;
 mod replicas;
 mod sso;
 mod stream_rules;
+mod web_ui;
 
 use std::sync::Arc;
 
