@@ -278,6 +278,8 @@ pub struct NodeRow {
     pub connected: bool,
     pub certificate_not_after: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The gateway as the agent last reported it (see [`gateway_json`]).
+    pub gateway: Option<Value>,
 }
 
 impl NodeRow {
@@ -311,7 +313,8 @@ pub async fn get_node(
     sqlx::query_as!(
         NodeRow,
         "select id, hostname, labels, agent_version, os, os_version, arch, cpu_cores, memory_bytes,
-                disk_free_bytes, enrolled_at, last_seen, connected, certificate_not_after, revoked_at
+                disk_free_bytes, enrolled_at, last_seen, connected, certificate_not_after, revoked_at,
+                gateway
          from nodes where id = $1",
         node_id
     )
@@ -331,7 +334,8 @@ pub async fn list_nodes(
     sqlx::query_as!(
         NodeRow,
         r#"select id, hostname, labels, agent_version, os, os_version, arch, cpu_cores, memory_bytes,
-                  disk_free_bytes, enrolled_at, last_seen, connected, certificate_not_after, revoked_at
+                  disk_free_bytes, enrolled_at, last_seen, connected, certificate_not_after, revoked_at,
+                  gateway
            from nodes n
            where ($1::uuid is null or n.id > $1)
              and n.labels @> $2::jsonb

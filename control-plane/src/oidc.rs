@@ -76,7 +76,7 @@ fn default_groups_claim() -> String {
 }
 
 /// `{ group = "platform-admins", role = "admin", scope = "env=staging" }`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RoleRule {
     pub group: String,

@@ -94,6 +94,12 @@ async fn an_agent_installs_runs_restarts_and_stops_its_gateway_with_every_step_v
     .await;
     assert_eq!(status["version"], "2026.9.1");
     assert_eq!(status["service_manager"], "supervisor");
+    // The node list carries the gateway at a glance.
+    let listed = fx.api.node(&node).await;
+    assert_eq!(
+        listed["gateway"],
+        json!({ "installed": true, "running": true, "ready": true, "version": "2026.9.1", "crash_loop": false })
+    );
     // The fleet at a glance counts it by gateway version and state.
     let (_, summary) = fx.api.get("/v1/fleet/summary").await;
     assert_eq!(

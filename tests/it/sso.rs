@@ -105,6 +105,19 @@ async fn a_user_signs_in_through_the_provider_and_sees_exactly_what_the_mapped_r
     assert_eq!(status, 200);
     assert_eq!(list["providers"][0]["name"], "corp");
     assert_eq!(list["providers"][0]["display_name"], "corp SSO");
+    // The sign-in list shows no mappings; admins read them, in order, from their own endpoint.
+    assert!(list["providers"][0].get("rules").is_none());
+    let (_, mappings) = fx.api.get("/v1/auth/role-mappings").await;
+    let rules = &mappings["providers"][0]["rules"];
+    assert_eq!(
+        rules[0],
+        json!({ "group": "moltops-owners", "role": "owner", "scope": "" })
+    );
+    assert_eq!(
+        rules[2],
+        json!({ "group": "staging-admins", "role": "admin", "scope": "env=staging" })
+    );
+    assert_eq!(mappings["providers"][0]["groups_claim"], "groups");
 
     // A staging admin signs in.
     idp.set_account("alice", "alice@example.test", &["staff", "staging-admins"])

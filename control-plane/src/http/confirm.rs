@@ -32,6 +32,7 @@ pub async fn token_or_428(
         expires_at,
         action: intent.action,
         target: intent.target.clone(),
+        parameters: intent.params.clone(),
     }));
     Err(error)
 }

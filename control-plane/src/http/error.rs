@@ -24,6 +24,8 @@ pub struct Confirmation {
     pub expires_at: chrono::DateTime<chrono::Utc>,
     pub action: &'static str,
     pub target: String,
+    /// What the token is bound to besides action and target: the request's parameters and reason.
+    pub parameters: serde_json::Value,
 }
 
 /// The wire form, as in the seed contract's `Error` schema.

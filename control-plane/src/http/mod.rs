@@ -69,6 +69,11 @@ fn table() -> RouteTable {
     .add(Method::GET, "/v1/auth/providers", get(sso::providers))
     .add(
         Method::GET,
+        "/v1/auth/role-mappings",
+        get(sso::role_mappings),
+    )
+    .add(
+        Method::GET,
         "/v1/auth/oidc/{provider}/login",
         get(sso::login),
     )

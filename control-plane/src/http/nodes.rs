@@ -35,11 +35,40 @@ pub struct NodeView {
     pub last_seen: Option<DateTime<Utc>>,
     pub certificate_not_after: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The managed gateway at a glance, as last reported (none before the first report).
+    pub gateway: Option<GatewayBrief>,
+}
+
+/// The gateway at a glance, for fleet lists (the full status is `GET …/moltbot/status`).
+#[derive(Debug, Serialize)]
+pub struct GatewayBrief {
+    pub installed: bool,
+    pub running: bool,
+    pub ready: bool,
+    pub version: Option<String>,
+    pub crash_loop: bool,
+}
+
+impl GatewayBrief {
+    fn from_report(g: &serde_json::Value) -> Self {
+        let flag = |k: &str| g[k].as_bool().unwrap_or(false);
+        Self {
+            installed: flag("installed"),
+            running: flag("running"),
+            ready: flag("running") && flag("gateway_connected"),
+            version: g["version"]
+                .as_str()
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+            crash_loop: flag("crash_loop"),
+        }
+    }
 }
 
 impl NodeView {
     fn new(row: NodeRow, state: &AppState, now: DateTime<Utc>) -> Self {
         Self {
+            gateway: row.gateway.as_ref().map(GatewayBrief::from_report),
             status: row.status(state.settings.liveness, now),
             labels: row.labels(),
             id: row.id,

@@ -50,6 +50,47 @@ pub async fn providers(State(state): State<AppState>) -> Json<ProviderList> {
     })
 }
 
+#[derive(Debug, Serialize)]
+pub struct RoleMappings {
+    pub providers: Vec<ProviderMapping>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProviderMapping {
+    pub name: String,
+    pub display_name: String,
+    pub issuer: String,
+    pub groups_claim: String,
+    /// First match wins; a user in none of the groups gets no access.
+    pub rules: Vec<crate::oidc::RoleRule>,
+}
+
+/// How each provider's groups map to roles (from `moltops.toml`, re-applied at start-up):
+/// read-only here, so the web admin can show it. Needs `roles:read`.
+pub async fn role_mappings(
+    State(state): State<AppState>,
+    principal: crate::auth::Principal,
+) -> ApiResult<Json<RoleMappings>> {
+    principal.authorize(crate::auth::Action::RolesRead)?;
+    Ok(Json(RoleMappings {
+        providers: state
+            .sso
+            .providers()
+            .map(|p| ProviderMapping {
+                name: p.name.clone(),
+                display_name: if p.display_name.is_empty() {
+                    p.name.clone()
+                } else {
+                    p.display_name.clone()
+                },
+                issuer: p.issuer.clone(),
+                groups_claim: p.groups_claim.clone(),
+                rules: p.roles.clone(),
+            })
+            .collect(),
+    }))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct ProviderPath {
     pub provider: String,

@@ -260,6 +260,13 @@ async fn an_idempotency_key_gives_a_retry_the_same_job_and_refuses_another_reque
     )
     .await;
     assert_eq!(status, StatusCode::PRECONDITION_REQUIRED);
+    // The 428 says exactly what the token is bound to.
+    assert_eq!(asked["action"], "gateway.restart");
+    assert_eq!(asked["target"], node.to_string());
+    assert_eq!(
+        asked["parameters"],
+        json!({ "parameters": { "action": "restart", "verify_timeout_seconds": 60 }, "reason": "retry" })
+    );
     let confirmation = asked["confirmation_token"].as_str().unwrap().to_owned();
     let headers = [
         ("idempotency-key", "restart-1"),

@@ -174,6 +174,7 @@ fn matrix() -> Vec<Row> {
         row("post", "/pair/confirm", Some("{}"), Anyone, Fleet),
         row("post", "/v1/auth/refresh", Some("{}"), Anyone, Fleet),
         row("get", "/v1/me", None, Viewer, Fleet),
+        row("get", "/v1/auth/role-mappings", None, Admin, Fleet),
         row("post", "/v1/auth/logout", None, Viewer, Fleet),
         row("get", "/v1/ca", None, Viewer, Fleet),
         row("get", "/v1/enrollment-tokens", None, Viewer, Fleet),

@@ -188,6 +188,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/auth/role-mappings": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * How each provider's groups map to roles
+         * @description For each configured OpenID provider, its rules mapping the user's groups (from the ID token's `groups_claim`) to a role and scope: the first matching rule wins, and a user in none of the groups gets no access. The rules live in `moltops.toml` (`[[oidc]] roles`) and are re-applied to every SSO user at start-up; this is their read-only view. Requires `roles:read` (admins and owners).
+         */
+        get: operations["getRoleMappings"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/auth/oidc/{provider}/login": {
         parameters: {
             query?: never;
@@ -1021,6 +1041,33 @@ export interface components {
             certificate_not_after: string;
             /** Format: date-time */
             revoked_at: string | null;
+            /** @description The managed gateway at a glance, as last reported; null before the agent's first report. */
+            gateway: components["schemas"]["GatewayBrief"] | null;
+        };
+        /** @description Group → role rules of each configured OpenID provider. */
+        RoleMappings: {
+            providers: {
+                name: string;
+                display_name: string;
+                issuer: string;
+                groups_claim: string;
+                /** @description First match wins; no match means no access. */
+                rules: {
+                    group: string;
+                    role: components["schemas"]["Role"];
+                    /** @description A label selector limiting the role; empty for the whole fleet. */
+                    scope: string;
+                }[];
+            }[];
+        };
+        /** @description A node's gateway at a glance, for fleet lists; the full report is `GET /v1/nodes/{node_id}/moltbot/status`. */
+        GatewayBrief: {
+            installed: boolean;
+            running: boolean;
+            /** @description Running and answering ready on its own health endpoint. */
+            ready: boolean;
+            version: string | null;
+            crash_loop: boolean;
         };
         /** @description One page of nodes. */
         NodeList: {
@@ -1935,7 +1982,7 @@ export interface components {
             download_url: string;
             redacted: boolean;
         };
-        /** @description The error envelope of every 4xx and 5xx response. `code` is one of `bad_request`, `unauthorized`, `pairing_pending`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`, `validation_failed`, `rate_limited`, `internal`, `unavailable`, for single sign-on and cookie sessions `csrf_failed`, `invalid_login`, `invalid_state`, `expired`, `sso_failed`, `no_role`, `user_disabled`, `idp_unavailable`, and for destructive operations `confirmation_required` (428) and `confirmation_invalid`; `message` is for humans. A 428 `confirmation_required` also carries `confirmation_token`, `expires_at`, `action` and `target`; no other error has them. */
+        /** @description The error envelope of every 4xx and 5xx response. `code` is one of `bad_request`, `unauthorized`, `pairing_pending`, `forbidden`, `not_found`, `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`, `validation_failed`, `rate_limited`, `internal`, `unavailable`, for single sign-on and cookie sessions `csrf_failed`, `invalid_login`, `invalid_state`, `expired`, `sso_failed`, `no_role`, `user_disabled`, `idp_unavailable`, and for destructive operations `confirmation_required` (428) and `confirmation_invalid`; `message` is for humans. A 428 `confirmation_required` also carries `confirmation_token`, `expires_at`, `action`, `target` and `parameters`; no other error has them. */
         Error: {
             /** @example unauthorized */
             code: string;
@@ -1951,6 +1998,10 @@ export interface components {
             action?: string;
             /** @description Only in a 428 `confirmation_required`: the id of the object the token confirms the action on. */
             target?: string;
+            /** @description Only in a 428 `confirmation_required`: the rest of what the token is bound to — the call's parameters and its reason — so a client can show exactly what will happen. */
+            parameters?: {
+                [key: string]: unknown;
+            };
         };
     };
     responses: {
@@ -1968,7 +2019,10 @@ export interface components {
                  *       "confirmation_token": "mcf_EXAMPLE",
                  *       "expires_at": "2025-01-01T12:05:00Z",
                  *       "action": "node.revoke",
-                 *       "target": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+                 *       "target": "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                 *       "parameters": {
+                 *         "reason": "decommissioned"
+                 *       }
                  *     }
                  */
                 "application/json": components["schemas"]["Error"];
@@ -2556,6 +2610,29 @@ export interface operations {
                 };
             };
             413: components["responses"]["PayloadTooLarge"];
+        };
+    };
+    getRoleMappings: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The mappings. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RoleMappings"];
+                };
+            };
+            401: components["responses"]["Unauthorized"];
+            403: components["responses"]["Forbidden"];
+            500: components["responses"]["InternalError"];
         };
     };
     startOidcLogin: {
