@@ -5,7 +5,8 @@
 //   signs in with the console setup code → creates an enrollment token → runs the join command it
 //   shows → sees the host come online in the fleet → installs the gateway and restarts it through
 //   the confirmation dialog (reason, what will happen, confirm) → follows each job live to
-//   "succeeded" → finds the restart in the audit log and verifies the chain.
+//   "succeeded" → finds the restart in the audit log and verifies the chain → approves a second
+//   browser's pairing as a viewer, which is offered no action and is refused one by the server.
 //
 // axe-core runs on every screen (light and dark), and on both steps of the confirmation dialog:
 // any serious or critical violation fails the run. A Content-Security-Policy violation fails it
@@ -226,6 +227,49 @@ try {
   }
   await nav('Fleet').click();
   await shot('fleet-dark');
+  await page.getByLabel('Theme').selectOption('light');
+
+  // 9. A second browser pairs as a viewer, approved by the owner: it sees the fleet but is
+  //    offered no action, and the server refuses one all the same.
+  step('pair a viewer browser');
+  const viewerContext = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const viewer = await viewerContext.newPage();
+  viewer.setDefaultTimeout(30_000);
+  await viewer.goto(`${base}/`);
+  await viewer.getByLabel('Device name (shown to the approver)').fill('viewer laptop');
+  await viewer.getByRole('button', { name: 'Start pairing' }).click();
+  const pairingCode = (await viewer.getByTestId('pairing-code').innerText()).trim();
+  await nav('Pairings').click();
+  await page.getByLabel('Pairing code').fill(pairingCode);
+  await page.getByLabel('Device name').fill('viewer laptop');
+  await page.getByLabel('Role').selectOption('viewer');
+  await page.getByRole('button', { name: 'Approve' }).click();
+  await viewer.getByRole('heading', { level: 1, name: 'Fleet' }).waitFor();
+  await viewer.goto(`${base}/nodes/${nodeId}`);
+  await viewer.getByRole('heading', { level: 1 }).waitFor();
+  await viewer.waitForLoadState('networkidle');
+  for (const absent of ['Restart gateway', 'Stop gateway', 'Install gateway…', 'Revoke node…', 'Edit labels']) {
+    if (await viewer.getByRole('button', { name: absent }).count()) {
+      throw new Error(`a viewer is offered "${absent}"`);
+    }
+  }
+  for (const absent of ['Users', 'Roles', 'API tokens', 'Pairings']) {
+    if (await viewer.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: absent, exact: true }).count()) {
+      throw new Error(`a viewer is offered the ${absent} page`);
+    }
+  }
+  const refused = await viewer.evaluate(async (id) => {
+    const csrf = document.cookie.split('; ').find((c) => c.startsWith('moltops_csrf='))?.split('=')[1] ?? '';
+    const response = await fetch(`/v1/nodes/${id}/ops/action`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-csrf-token': csrf },
+      body: JSON.stringify({ action: 'stop', reason: 'a viewer tries' }),
+    });
+    return { status: response.status, body: await response.json() };
+  }, nodeId);
+  if (refused.status !== 403) throw new Error(`the server let a viewer act: ${JSON.stringify(refused)}`);
+  await viewer.screenshot({ path: join(shots, 'node-viewer.png'), fullPage: true });
+  await viewerContext.close();
 } catch (error) {
   await shot('failure').catch(() => {});
   console.error(`FAILED at ${page.url()}: ${error.stack ?? error}`);

@@ -1,7 +1,9 @@
 //! The web admin in a real browser — Debian's Chromium driven by playwright-core (never a
 //! downloaded browser), axe-core on every screen — against a real control plane and a real agent.
-//! The browser part is `tests/browser/flow.mjs`; this test provides the world it runs in and
-//! checks, through the API, that what the operator did in the browser really happened.
+//! The browser part is `tests/browser/flow.mjs` (an owner's whole flow, then a second browser
+//! paired as a viewer that is offered no action and refused one by the server); this test
+//! provides the world it runs in and checks, through the API, that what the operator did in the
+//! browser really happened.
 
 use std::path::Path;
 
