@@ -44,6 +44,26 @@ const REQUIRED = {
 };
 
 describe("confirming a destructive action", () => {
+  it("lists the parameters the server bound the token to, not the app's own copy", async () => {
+    const user = userEvent.setup();
+    nodeServer().sequence("POST", "/v1/nodes/:id/ops/action", [
+      () =>
+        json(428, { ...REQUIRED, parameters: { action: "restart", reason: "bound by the server", extra: { wave: 2 } } }),
+    ]);
+    window.history.replaceState(null, "", `/nodes/${NODE_ID}`);
+    render(<App />);
+    await user.click(await screen.findByRole("button", { name: "Restart gateway" }));
+    const dialog = screen.getByRole("dialog", { name: "Restart the gateway" });
+    await user.type(within(dialog).getByLabelText(/Reason/), "typed by the operator");
+    await user.click(within(dialog).getByRole("button", { name: "Continue" }));
+    const confirm = await screen.findByRole("dialog", { name: "Confirm: Restart the gateway" });
+    expect(within(confirm).getByText("Parameters the confirmation is bound to")).toBeInTheDocument();
+    const list = within(confirm).getByTestId("confirm-parameters");
+    expect(within(list).getByText("bound by the server")).toBeInTheDocument();
+    expect(within(list).getByText("extra.wave")).toBeInTheDocument();
+    expect(within(list).queryByText("typed by the operator")).not.toBeInTheDocument();
+  });
+
   it("shows what the 428 says, then resends the identical request with the token and the same Idempotency-Key", async () => {
     const user = userEvent.setup();
     const server = nodeServer().sequence("POST", "/v1/nodes/:id/ops/action", [

@@ -150,6 +150,7 @@ export function node(overrides: Record<string, unknown> = {}) {
     last_seen: new Date().toISOString(),
     certificate_not_after: "2027-11-01T10:00:00Z",
     revoked_at: null,
+    gateway: null,
     ...overrides,
   };
 }

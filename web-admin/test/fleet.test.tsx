@@ -155,22 +155,38 @@ describe("the fleet overview", () => {
     expect(server.sent("GET", "/v1/nodes")).toHaveLength(2);
   });
 
-  it("shows each visible node's gateway version and health", async () => {
-    serveFleet().on("GET", "/v1/nodes/:id/moltbot/status", () =>
-      json(200, {
-        installed: true,
-        running: true,
-        version: "2026.9.1",
-        service_manager: "supervisor",
-        gateway_connected: false,
-        crash_loop: true,
-        reported_at: "2026-11-21T12:00:00Z",
-        age_seconds: 2,
-      }),
-    );
+  it("shows each listed node's gateway version and health from the list itself", async () => {
+    const server = new FakeServer()
+      .on("GET", "/v1/me", () => json(200, me("owner", OWNER_PERMISSIONS)))
+      .on("GET", "/v1/fleet/summary", () => json(200, SUMMARY))
+      .on("GET", "/v1/nodes", () =>
+        json(200, {
+          items: [
+            node({
+              id: "00000000-0000-4000-8000-000000000000",
+              hostname: "host-0",
+              gateway: { installed: true, running: true, ready: false, version: "2026.9.1", crash_loop: true },
+            }),
+            node({
+              id: "00000000-0000-4000-8000-000000000001",
+              hostname: "host-1",
+              gateway: { installed: true, running: true, ready: false, version: "2026.9.2", crash_loop: false },
+            }),
+            node({ id: "00000000-0000-4000-8000-000000000002", hostname: "host-2", gateway: null }),
+          ],
+          next_cursor: null,
+        }),
+      )
+      .install();
     render(<App />);
-    const row = (await screen.findByRole("link", { name: "host-0" })).closest("[role=row]") as HTMLElement;
-    await waitFor(() => expect(within(row).getByText("crash loop")).toBeInTheDocument());
-    expect(within(row).getByText("2026.9.1")).toBeInTheDocument();
+    const rowOf = async (name: string) =>
+      (await screen.findByRole("link", { name })).closest("[role=row]") as HTMLElement;
+    const looping = await rowOf("host-0");
+    expect(within(looping).getByText("crash loop")).toBeInTheDocument();
+    expect(within(looping).getByText("2026.9.1")).toBeInTheDocument();
+    expect(within(await rowOf("host-1")).getByText("running, not ready")).toBeInTheDocument();
+    expect(within(await rowOf("host-2")).getByText("unknown")).toBeInTheDocument();
+    // One request per page: no per-row status reads.
+    expect(server.sent("GET", "/v1/nodes/:id/moltbot/status")).toHaveLength(0);
   });
 });

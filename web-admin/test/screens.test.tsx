@@ -260,7 +260,7 @@ describe("owner screens", () => {
     expect(sends[1]?.headers.get("X-Confirmation-Token")).toBe("mcf_U");
   });
 
-  it("shows roles and says where SSO role mappings live", async () => {
+  it("shows roles and each SSO provider's group → role rules in order", async () => {
     owner()
       .on("GET", "/v1/roles", () =>
         json(200, {
@@ -271,7 +271,22 @@ describe("owner screens", () => {
           assignable: [{ object: "nodes", action: "read" }, { object: "nodes", action: "write" }],
         }),
       )
-      .on("GET", "/v1/auth/providers", () => json(200, { providers: [{ name: "corp", display_name: "Corp SSO", login_url: "/v1/auth/oidc/corp/login" }] }))
+      .on("GET", "/v1/auth/role-mappings", () =>
+        json(200, {
+          providers: [
+            {
+              name: "corp",
+              display_name: "Corp SSO",
+              issuer: "https://idp.example.test",
+              groups_claim: "groups",
+              rules: [
+                { group: "ops-admins", role: "admin", scope: "" },
+                { group: "eu-ops", role: "operator", scope: "region=eu" },
+              ],
+            },
+          ],
+        }),
+      )
       .install();
     window.history.replaceState(null, "", "/roles");
     render(<App />);
@@ -279,8 +294,10 @@ describe("owner screens", () => {
     expect(screen.getByText("everything", { selector: "li" })).toBeInTheDocument();
     expect(screen.getByRole("button", { name: "Edit role labeler" })).toBeInTheDocument();
     expect(screen.queryByRole("button", { name: "Edit role owner" })).not.toBeInTheDocument();
-    expect(screen.getByText(/the API has no\s+endpoint to read or change it/)).toBeInTheDocument();
-    expect(await screen.findByText("Corp SSO")).toBeInTheDocument();
+    const rules = await screen.findByRole("table", { name: "Rules of Corp SSO, first match wins" });
+    const rows = within(rules).getAllByRole("row").slice(1);
+    expect(rows.map((r) => r.textContent)).toEqual(["1ops-adminsadminwhole fleet", "2eu-opsoperatorregion=eu"]);
+    expect(screen.getByText("https://idp.example.test")).toBeInTheDocument();
   });
 
   it("creates an API token and shows its secret once", async () => {

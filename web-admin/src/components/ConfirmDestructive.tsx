@@ -1,12 +1,13 @@
 // The confirmation flow of destructive operations (`x-moltops-destructive`): ask why, send the
-// request without a confirmation token, show what the server's 428 says will happen, and on
-// Confirm send the identical request again with `X-Confirmation-Token` (and the same
-// `Idempotency-Key`, so a retry never starts a second job).
+// request without a confirmation token, show what the server's 428 says will happen (its action,
+// target and the `parameters` the token is bound to), and on Confirm send the identical request
+// again with `X-Confirmation-Token` (and the same `Idempotency-Key`, so a retry never starts a
+// second job).
 
-import { useEffect, useId, useRef, useState, type FormEvent, type ReactNode } from "react";
+import { Fragment, useEffect, useId, useRef, useState, type FormEvent, type ReactNode } from "react";
 
 import { newIdempotencyKey, toApiError, type ErrorBody } from "../api/client";
-import { formatTime } from "../lib/format";
+import { flattenParameters, formatTime, type ParameterRow } from "../lib/format";
 import { Dialog } from "./Dialog";
 import { FormError, Progress } from "./States";
 
@@ -14,8 +15,13 @@ type Outcome<T> = { data?: T; error?: unknown; response: Response };
 
 /** One prepared request: its body is fixed when prepared, so both sends are identical. */
 export interface PreparedRequest<T> {
-  /** What the request will do, for the confirmation step: label and value pairs. */
-  parameters: Array<[string, string]>;
+  /** What the request does, in words, for the confirmation step (e.g. "restarts the gateway…"). */
+  effect?: string;
+  /**
+   * The request's parameters exactly as sent (the body, or a DELETE's query). Shown only when a
+   * 428 does not list the `parameters` its token is bound to (an older server).
+   */
+  sent: Record<string, unknown>;
   send: (headers: { confirmationToken?: string; idempotencyKey: string }) => Promise<Outcome<T>>;
 }
 
@@ -42,9 +48,9 @@ export interface ConfirmDestructiveProps<T> {
 
 type Step<T> =
   | { kind: "reason" }
-  | { kind: "checking"; prepared: PreparedRequest<T>; key: string; reason: string }
-  | { kind: "confirm"; prepared: PreparedRequest<T>; key: string; reason: string; required: ErrorBody }
-  | { kind: "submitting"; prepared: PreparedRequest<T>; key: string; reason: string; required: ErrorBody };
+  | { kind: "checking"; prepared: PreparedRequest<T>; key: string }
+  | { kind: "confirm"; prepared: PreparedRequest<T>; key: string; required: ErrorBody }
+  | { kind: "submitting"; prepared: PreparedRequest<T>; key: string; required: ErrorBody };
 
 export function ConfirmDestructive<T>({
   title,
@@ -86,7 +92,7 @@ export function ConfirmDestructive<T>({
       return;
     }
     const key = newIdempotencyKey();
-    setStep({ kind: "checking", prepared, key, reason: trimmed });
+    setStep({ kind: "checking", prepared, key });
     try {
       const outcome = await prepared.send({ idempotencyKey: key });
       if (outcome.response.ok) {
@@ -97,7 +103,7 @@ export function ConfirmDestructive<T>({
       const body = outcome.error as Partial<ErrorBody> | undefined;
       if (outcome.response.status === 428 && body?.confirmation_token) {
         setClock(now());
-        setStep({ kind: "confirm", prepared, key, reason: trimmed, required: body as ErrorBody });
+        setStep({ kind: "confirm", prepared, key, required: body as ErrorBody });
         return;
       }
       setError(toApiError(outcome.response, outcome.error).message);
@@ -134,6 +140,9 @@ export function ConfirmDestructive<T>({
     const expiresAt = required.expires_at ? new Date(required.expires_at).getTime() : null;
     const secondsLeft = expiresAt === null ? null : Math.max(0, Math.floor((expiresAt - clock) / 1000));
     const expired = secondsLeft === 0;
+    // What the token is bound to, as the server says; the request itself only if it does not.
+    const bound = required.parameters !== undefined && required.parameters !== null;
+    const rows = flattenParameters(required.parameters ?? step.prepared.sent);
     return (
       <Dialog title={`Confirm: ${title}`} onClose={onClose} busy={busy}>
         <p>The server asks you to confirm exactly this. Nothing has changed yet.</p>
@@ -148,17 +157,23 @@ export function ConfirmDestructive<T>({
             {targetName ? `${targetName} ` : ""}
             <code>{required.target ?? "—"}</code>
           </dd>
-          {step.prepared.parameters.map(([name, value]) => (
-            <FactRow key={name} name={name} value={value} />
-          ))}
-          <dt>Reason</dt>
-          <dd>{step.reason}</dd>
+          {step.prepared.effect && (
+            <>
+              <dt>Effect</dt>
+              <dd>{step.prepared.effect}</dd>
+            </>
+          )}
           <dt>Confirmation expires</dt>
           <dd>
             {formatTime(required.expires_at)}
             {secondsLeft !== null && !expired && ` (in ${Math.floor(secondsLeft / 60)}:${String(secondsLeft % 60).padStart(2, "0")})`}
           </dd>
         </dl>
+        <h3 className="subheading">{bound ? "Parameters the confirmation is bound to" : "Parameters of the request"}</h3>
+        {!bound && (
+          <p className="muted">The server did not list them; these are the parameters the app will send again.</p>
+        )}
+        <ParameterList rows={rows} />
         <p className="muted">{required.message}</p>
         {expired && (
           <p role="alert" className="form-error">
@@ -230,11 +245,19 @@ export function ConfirmDestructive<T>({
   );
 }
 
-function FactRow({ name, value }: { name: string; value: string }) {
+/** Name and value pairs, names as the server spells them (`parameters.action`). */
+function ParameterList({ rows }: { rows: ParameterRow[] }) {
+  if (rows.length === 0) return <p className="muted">None.</p>;
   return (
-    <>
-      <dt>{name}</dt>
-      <dd>{value}</dd>
-    </>
+    <dl className="facts parameter-list" data-testid="confirm-parameters">
+      {rows.map(([name, value]) => (
+        <Fragment key={name}>
+          <dt>
+            <code>{name}</code>
+          </dt>
+          <dd>{value ?? <span className="muted">none</span>}</dd>
+        </Fragment>
+      ))}
+    </dl>
   );
 }

@@ -81,3 +81,34 @@ export function shortId(id: string): string {
   const hex = id.replace(/-/g, "");
   return hex.length > 8 ? hex.slice(-8) : id;
 }
+
+/** One row of a flattened parameter object: a dotted path and its value as text, or null for "none". */
+export type ParameterRow = [name: string, value: string | null];
+
+/**
+ * Flattens request parameters into readable rows, in the object's own key order: nested keys
+ * become dotted paths (`parameters.action`), array items get their index (`hosts[0]`), a list of
+ * plain values becomes one comma-separated row, and empty values (null, "", [], {}) read as
+ * none (null) rather than disappearing, because the server binds them too.
+ */
+export function flattenParameters(parameters: Record<string, unknown>): ParameterRow[] {
+  const rows: ParameterRow[] = [];
+  const visit = (name: string, value: unknown) => {
+    if (value === null || value === undefined || value === "") {
+      rows.push([name, null]);
+    } else if (Array.isArray(value)) {
+      if (value.length === 0) rows.push([name, null]);
+      else if (value.every((item) => item === null || typeof item !== "object")) {
+        rows.push([name, value.map((item) => (item === null ? "none" : String(item))).join(", ")]);
+      } else value.forEach((item, index) => visit(`${name}[${index}]`, item));
+    } else if (typeof value === "object") {
+      const entries = Object.entries(value as Record<string, unknown>);
+      if (entries.length === 0) rows.push([name, null]);
+      else entries.forEach(([key, inner]) => visit(`${name}.${key}`, inner));
+    } else {
+      rows.push([name, String(value)]);
+    }
+  };
+  Object.entries(parameters).forEach(([key, value]) => visit(key, value));
+  return rows;
+}

@@ -1,8 +1,8 @@
 // Fleet overview: counts by status and version (`GET /v1/fleet/summary`), and the nodes
 // (`GET /v1/nodes`, cursor pages of 200 loaded as the table scrolls, rows windowed), filtered by
 // label selector and status. Both poll while the tab is visible (5 s, doubling on errors up to
-// 60 s); only the pages in view are re-read. The node list carries no gateway facts, so the
-// gateway column asks `GET /v1/nodes/{id}/moltbot/status` for the rows in view only.
+// 60 s); only the pages in view are re-read. The gateway column shows each listed node's
+// `gateway` summary, so a page of rows is one request; the full report is on the node's page.
 
 import { useCallback, useEffect, useId, useMemo, useRef, useState, type FormEvent } from "react";
 
@@ -19,7 +19,6 @@ import { Link, setQuery, useLocation } from "../lib/router";
 export const PAGE_SIZE = 200;
 const POLL_MS = 5_000;
 const MAX_BACKOFF_MS = 60_000;
-const GATEWAY_TTL_MS = 30_000;
 const STATUSES: readonly NodeStatus[] = ["online", "offline", "revoked"];
 
 export function FleetPage() {
@@ -338,57 +337,23 @@ export function useNodePages(selector: string, status: NodeStatus | "") {
   return { ...state, items, hasMore, onRange, loadMore, reload: loadFirst };
 }
 
-type GatewayEntry = { at: number; status: Schemas["MoltBotStatus"] | null; failed: boolean };
-
-/** Gateway status of the nodes in view, each re-read at most every 30 s, four at a time. */
-function useGatewayStatuses(visibleIds: string[]) {
-  const cache = useRef(new Map<string, GatewayEntry>());
-  const [, setVersion] = useState(0);
-  const tick = useNow(GATEWAY_TTL_MS);
-  const key = visibleIds.join(",");
-
-  useEffect(() => {
-    let cancelled = false;
-    const timer = setTimeout(async () => {
-      const now = Date.now();
-      const due = visibleIds.filter((id) => {
-        const entry = cache.current.get(id);
-        return !entry || now - entry.at >= GATEWAY_TTL_MS;
-      });
-      const queue = due.slice();
-      const worker = async () => {
-        for (let id = queue.shift(); id !== undefined && !cancelled; id = queue.shift()) {
-          const outcome = await api
-            .GET("/v1/nodes/{node_id}/moltbot/status", { params: { path: { node_id: id } } })
-            .catch(() => null);
-          const ok = outcome?.response.ok === true;
-          cache.current.set(id, { at: Date.now(), status: ok ? (outcome?.data ?? null) : null, failed: !ok });
-          if (!cancelled) setVersion((v) => v + 1);
-        }
-      };
-      await Promise.all([worker(), worker(), worker(), worker()]);
-    }, 200);
-    return () => {
-      cancelled = true;
-      clearTimeout(timer);
-    };
-    // `key` stands for the ids in view.
-  }, [key, tick]);
-
-  return (id: string) => cache.current.get(id);
-}
-
-export function GatewayCell({ entry }: { entry: GatewayEntry | undefined }) {
-  if (!entry) return <span className="muted">…</span>;
-  if (entry.failed || !entry.status) return <span className="muted">unknown</span>;
-  const s = entry.status;
-  if (!s.reported_at) return <span className="muted">not reported</span>;
-  if (!s.installed) return <span className="muted">not installed</span>;
-  const health = s.crash_loop ? "crash loop" : s.gateway_connected ? "ready" : s.running ? "running" : "offline";
-  const label = s.crash_loop ? "crash loop" : s.gateway_connected ? "ready" : s.running ? "not ready" : "stopped";
+/** The gateway at a glance: version and health, in words (the badge's colour only repeats them). */
+export function GatewayCell({ gateway }: { gateway: Schemas["GatewayBrief"] | null }) {
+  if (!gateway) return <span className="muted">unknown</span>;
+  if (!gateway.installed) return <span className="muted">not installed</span>;
+  // A crash loop outranks the rest: between crashes the process may briefly run, even answer.
+  const health = gateway.crash_loop
+    ? "crash loop"
+    : gateway.ready
+      ? "ready"
+      : gateway.running
+        ? "not ready"
+        : "stopped";
+  const label = health === "not ready" ? "running, not ready" : health;
   return (
     <span className="gateway-cell">
-      <span>{s.version ?? "?"}</span> <StatusBadge status={health} label={label} />
+      <span>{gateway.version ?? <span className="muted">version unknown</span>}</span>{" "}
+      <StatusBadge status={health} label={label} />
     </span>
   );
 }
@@ -405,20 +370,6 @@ function NodeList({
   const can = useCan();
   const list = useNodePages(selector, status);
   const now = useNow(5_000);
-  const [visible, setVisible] = useState<[number, number]>([0, 0]);
-  const visibleIds = useMemo(
-    () => list.items.slice(visible[0], visible[1]).map((n) => n.id),
-    [list.items, visible],
-  );
-  const gateway = useGatewayStatuses(visibleIds);
-  const { onRange } = list;
-  const handleRange = useCallback(
-    (start: number, end: number) => {
-      setVisible((v) => (v[0] === start && v[1] === end ? v : [start, end]));
-      onRange(start, end);
-    },
-    [onRange],
-  );
 
   const columns: Column<FleetNode>[] = [
     {
@@ -431,7 +382,7 @@ function NodeList({
       ),
     },
     { key: "status", header: "Status", render: (n) => <StatusBadge status={n.status} /> },
-    { key: "gateway", header: "Gateway", render: (n) => <GatewayCell entry={gateway(n.id)} /> },
+    { key: "gateway", header: "Gateway", render: (n) => <GatewayCell gateway={n.gateway} /> },
     {
       key: "labels",
       header: "Labels",
@@ -493,7 +444,7 @@ function NodeList({
           rowKey={(n) => n.id}
           rowProps={(n) => ({ "data-node-id": n.id, "data-status": n.status })}
           totalRows={knownTotal ?? list.items.length}
-          onRangeChange={handleRange}
+          onRangeChange={list.onRange}
           footer={
             list.loadingMore ? (
               <Loading label="Loading more nodes" />

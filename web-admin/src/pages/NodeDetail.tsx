@@ -528,10 +528,8 @@ function ActionDialog({
   const prepare = (reason: string): PreparedRequest<Schemas["OpsActionResult"]> => {
     const body: Schemas["OpsActionRequest"] = { action, reason };
     return {
-      parameters: [
-        ["Gateway action", action],
-        ["Verification", words.effect],
-      ],
+      effect: `the agent ${words.effect}`,
+      sent: body,
       send: ({ confirmationToken, idempotencyKey }) =>
         api.POST("/v1/nodes/{node_id}/ops/action", {
           params: {
@@ -581,11 +579,11 @@ function InstallDialog({ node, onClose }: { node: FleetNode; onClose: () => void
     }
     const body: Schemas["InstallLocalRequest"] = { method, channel, reason, ...(exact ? { version: exact } : {}) };
     return {
-      parameters: [
-        ["Method", method],
-        ["Channel", channel],
-        ["Version", exact === "" ? `latest on ${channel}` : exact],
-      ],
+      effect:
+        exact === ""
+          ? `installs the latest ${channel} version with ${method}, starts it and waits until it answers ready`
+          : `installs version ${exact} with ${method}, starts it and waits until it answers ready`,
+      sent: body,
       send: ({ confirmationToken, idempotencyKey }) =>
         api.POST("/v1/nodes/{node_id}/install/local", {
           params: {
@@ -654,7 +652,8 @@ function RevokeDialog({
   const prepare = (reason: string): PreparedRequest<FleetNode> => {
     const body: Schemas["NodeRevokeRequest"] = { reason };
     return {
-      parameters: [["Effect", "the agent's stream closes, its pending jobs fail, its certificate is refused from now on"]],
+      effect: "the agent's stream closes, its pending jobs fail, its certificate is refused from now on",
+      sent: body,
       send: ({ confirmationToken }) =>
         api.POST("/v1/nodes/{node_id}/revoke", {
           params: {

@@ -1,7 +1,7 @@
 // Roles: the built-in and custom roles with their permissions (`GET /v1/roles`), defining or
-// replacing a custom role (`PUT /v1/roles/{name}`) and deleting one. Single sign-on group → role
-// mappings have no REST endpoint (they live in the server's configuration), so this page shows
-// the configured providers (`GET /v1/auth/providers`) and says where the mappings are.
+// replacing a custom role (`PUT /v1/roles/{name}`) and deleting one; and each single sign-on
+// provider's ordered group → role rules (`GET /v1/auth/role-mappings`), read-only because they
+// live in the server's configuration file.
 
 import { useId, useState, type FormEvent } from "react";
 
@@ -120,32 +120,85 @@ export function RolesPage() {
   );
 }
 
+type SsoProvider = Schemas["RoleMappings"]["providers"][number];
+
 function SsoMappings() {
-  const providers = useResource(() => unwrap(api.GET("/v1/auth/providers")), []);
+  const mappings = useResource(() => unwrap(api.GET("/v1/auth/role-mappings")), []);
   return (
     <section aria-labelledby="sso-heading" className="card">
       <h2 id="sso-heading">Single sign-on role mappings</h2>
       <p>
-        Which identity-provider groups get which role (and scope) is set per provider in the server's configuration file
-        (<code>[[oidc]]</code> tables, <code>roles = [{"{ group = …, role = …, scope = … }"}]</code>); the API has no
-        endpoint to read or change it, so it is not shown here. Users get their role again at each sign-in.
+        Which role (and scope) a user who signs in through a provider gets, from the groups in the provider's ID
+        token. The rules are read in order: the first rule whose group the user is in wins, and a user in none of the
+        groups gets no access. They are configured in <code>moltops.toml</code> (
+        <code>[[oidc]] roles = [{"{ group = …, role = …, scope = … }"}]</code>) and cannot be changed here; users
+        get their role again at each sign-in.
       </p>
-      {providers.loading ? (
-        <Loading label="Loading providers" />
-      ) : !providers.data ? (
-        <ErrorState title="Could not load the providers." error={providers.error ?? new Error("no data")} onRetry={providers.refresh} />
-      ) : providers.data.providers.length === 0 ? (
+      {mappings.loading ? (
+        <Loading label="Loading the role mappings" />
+      ) : !mappings.data ? (
+        <ErrorState
+          title="Could not load the role mappings."
+          error={mappings.error ?? new Error("no data")}
+          onRetry={mappings.refresh}
+        />
+      ) : mappings.data.providers.length === 0 ? (
         <Empty title="No single sign-on provider is configured." />
       ) : (
-        <ul>
-          {providers.data.providers.map((p) => (
-            <li key={p.name}>
-              {p.display_name} <code>{p.name}</code>
-            </li>
-          ))}
-        </ul>
+        mappings.data.providers.map((provider) => <ProviderRules key={provider.name} provider={provider} />)
       )}
     </section>
+  );
+}
+
+function ProviderRules({ provider }: { provider: SsoProvider }) {
+  const caption = `Rules of ${provider.display_name}, first match wins`;
+  return (
+    <div className="provider-rules">
+      <h3 className="subheading">
+        {provider.display_name} <code>{provider.name}</code>
+      </h3>
+      <dl className="facts">
+        <dt>Issuer</dt>
+        <dd>
+          <code>{provider.issuer}</code>
+        </dd>
+        <dt>Groups claim</dt>
+        <dd>
+          <code>{provider.groups_claim}</code>
+        </dd>
+      </dl>
+      {provider.rules.length === 0 ? (
+        <p className="notice notice-warning">No rules: nobody who signs in through this provider gets access.</p>
+      ) : (
+        <div className="table-scroll">
+          <table className="table compact">
+            <caption className="visually-hidden">{caption}</caption>
+            <thead>
+              <tr>
+                <th scope="col">Order</th>
+                <th scope="col">Group</th>
+                <th scope="col">Role</th>
+                <th scope="col">Scope</th>
+              </tr>
+            </thead>
+            <tbody>
+              {provider.rules.map((rule, index) => (
+                // Rules may repeat a group (only the first can match), so the key is the position.
+                <tr key={index}>
+                  <td>{index + 1}</td>
+                  <td>
+                    <code>{rule.group}</code>
+                  </td>
+                  <td>{rule.role}</td>
+                  <td>{rule.scope === "" ? <span className="muted">whole fleet</span> : <code>{rule.scope}</code>}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+    </div>
   );
 }
 

@@ -247,9 +247,11 @@ function RoleDialog({ user, onClose, onDone }: { user: User; onClose: () => void
 
 function RemoveDialog({ user, onClose, onDone }: { user: User; onClose: () => void; onDone: () => void }) {
   const prepare = (reason: string): PreparedRequest<undefined> => ({
-    parameters: [
-      ["Effect", user.kind === "sso" ? "disables the SSO user and ends its sessions; later sign-ins are refused" : "revokes the device and ends its sessions"],
-    ],
+    effect:
+      user.kind === "sso"
+        ? "disables the SSO user and ends its sessions; later sign-ins are refused"
+        : "revokes the device and ends its sessions",
+    sent: { reason },
     send: ({ confirmationToken }) =>
       api.DELETE("/v1/users/{user_id}", {
         params: {
