@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// How often to sign a checkpoint of the audit chain's head (default 300).
     #[arg(long, env = "MOLTOPS_AUDIT_CHECKPOINT_INTERVAL_SECONDS")]
     pub audit_checkpoint_interval_seconds: Option<u64>,
+    /// After SIGTERM/SIGINT, how long open requests may take to finish before the process exits
+    /// anyway (default 10).
+    #[arg(long, env = "MOLTOPS_DRAIN_SECONDS")]
+    pub drain_seconds: Option<u64>,
     /// The built web admin (a directory with index.html), served at `/`. Default: the first of
     /// `<binary dir>/../share/moltops/web` and `<binary dir>/../../web-admin/dist` that exists.
     #[arg(long, env = "MOLTOPS_WEB_DIR")]
@@ -89,6 +93,7 @@ pub struct FileConfig {
     pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
     pub public_url: Option<String>,
     pub audit_checkpoint_interval_seconds: Option<u64>,
+    pub drain_seconds: Option<u64>,
     pub web_dir: Option<PathBuf>,
     /// `[audit_forward]`: ship the audit log to syslog (TCP) and/or a webhook.
     #[serde(default)]
@@ -119,6 +124,9 @@ pub struct Config {
     pub oidc: Vec<crate::oidc::ProviderConfig>,
     /// How often the audit chain's head is signed.
     pub audit_checkpoint_interval_seconds: u64,
+    /// The drain deadline after SIGTERM/SIGINT: keep it below Kubernetes'
+    /// `terminationGracePeriodSeconds` (minus any preStop sleep).
+    pub drain_seconds: u64,
     pub audit_forward: crate::audit_forward::ForwardConfig,
     /// The web admin's files; none: `/` says it is not built.
     pub web_dir: Option<PathBuf>,
@@ -280,6 +288,12 @@ impl ServeArgs {
                 "audit_checkpoint_interval_seconds must be between 1 and 86400".into(),
             ));
         }
+        let drain_seconds = self.drain_seconds.or(file.drain_seconds).unwrap_or(10);
+        if !(1..=3600).contains(&drain_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "drain_seconds must be between 1 and 3600 (got {drain_seconds})"
+            )));
+        }
         let audit_forward = file.audit_forward.unwrap_or_default();
         audit_forward.validate().map_err(ConfigError::Invalid)?;
         let web_dir = match self.web_dir.clone().or(file.web_dir) {
@@ -296,6 +310,7 @@ impl ServeArgs {
             web_dir,
             audit_forward,
             audit_checkpoint_interval_seconds,
+            drain_seconds,
             public_url,
             oidc: file.oidc,
             database_url,
@@ -360,6 +375,40 @@ mod tests {
         assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:7338");
         assert_eq!(config.grpc_advertise, "127.0.0.1:7338");
         assert_eq!(config.heartbeat_interval_seconds, 15);
+        assert_eq!(config.drain_seconds, 10);
+    }
+
+    #[test]
+    fn drain_seconds_comes_from_the_file_or_the_flag_and_is_bounded() {
+        let dir = std::env::temp_dir().join(format!("moltops-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("moltops.toml");
+        std::fs::write(&path, "drain_seconds = 30\n").unwrap();
+        let p = path.to_str().unwrap();
+        let from_file = parse(&["--config", p]).resolve().unwrap();
+        assert_eq!(from_file.drain_seconds, 30);
+        let flag_wins = parse(&["--config", p, "--drain-seconds", "45"])
+            .resolve()
+            .unwrap();
+        assert_eq!(flag_wins.drain_seconds, 45);
+        for accepted in ["1", "3600"] {
+            let config = parse(&["--drain-seconds", accepted]).resolve().unwrap();
+            assert_eq!(config.drain_seconds.to_string(), accepted);
+        }
+        for refused in ["0", "3601"] {
+            let err = parse(&["--drain-seconds", refused])
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("drain_seconds must be between 1 and 3600 (got {refused})")
+            );
+        }
+        std::fs::write(&path, "drain_seconds = 0\n").unwrap();
+        let err = parse(&["--config", p]).resolve().unwrap_err().to_string();
+        assert!(err.contains("drain_seconds"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub struct AppState {
     pub sso: Arc<crate::oidc::Sso>,
     /// Signs audit checkpoints.
     pub signer: Arc<crate::audit_keys::Signer>,
+    /// Cancelled once this replica starts shutting down, so `/ready` answers 503 `draining`. Only
+    /// read by handlers; [`run`] sets it to its shutdown signal.
+    pub draining: CancellationToken,
 }
 
 /// Rate limits of the unauthenticated sign-in surface (`/pair/*`, `/v1/auth/refresh`).
@@ -175,10 +178,13 @@ pub async fn prepare(
             .await
             .context("loading the authorization policy")?,
         pool,
+        draining: CancellationToken::new(),
     })
 }
 
-/// Runs both servers until `shutdown`, then drains for at most `drain_deadline`.
+/// Runs both servers until `shutdown`, then drains for at most `drain_seconds`: readiness turns
+/// 503 at once, the listeners stop accepting, agent streams are closed (their agents reconnect,
+/// to another replica behind the Service), and in-flight requests may finish until the deadline.
 pub async fn run(
     config: &Config,
     state: AppState,
@@ -188,9 +194,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let mut state = state;
+    // Readiness follows the shutdown signal: `/ready` answers 503 from the first moment of a drain.
+    state.draining = shutdown.clone();
     // An address derived from a configured port 0 names the port actually bound (the enroll
     // command printed for operators must work).
-    let mut state = state;
     if let Some(host) = state.settings.grpc_advertise.strip_suffix(":0") {
         let mut settings = (*state.settings).clone();
         settings.grpc_advertise = format!("{host}:{}", grpc_addr.port());
@@ -260,7 +268,12 @@ pub async fn run(
         "moltops-server ready"
     );
     shutdown.cancelled().await;
-    tracing::info!("shutting down: draining connections");
+    let drain_deadline = Duration::from_secs(config.drain_seconds);
+    tracing::info!(
+        deadline_seconds = config.drain_seconds,
+        "shutting down: not ready any more, draining connections"
+    );
+    let drain_started = tokio::time::Instant::now();
     let drain = async {
         let (http, grpc, _, _, _) = tokio::join!(
             http_task,
@@ -273,10 +286,19 @@ pub async fn run(
         grpc??;
         anyhow::Ok(())
     };
-    match tokio::time::timeout(Duration::from_secs(10), drain).await {
-        Ok(result) => result,
+    let drained = tokio::time::timeout(drain_deadline, drain).await;
+    let took_ms = u64::try_from(drain_started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match drained {
+        Ok(result) => {
+            tracing::info!(took_ms, "drained within the deadline");
+            result
+        }
         Err(_) => {
-            tracing::warn!("drain deadline passed; exiting with connections still open");
+            tracing::warn!(
+                took_ms,
+                deadline_seconds = config.drain_seconds,
+                "drain deadline passed; exiting with connections still open"
+            );
             Ok(())
         }
     }

@@ -59,6 +59,7 @@ fn table() -> RouteTable {
         operations: Vec::new(),
     }
     .add(Method::GET, "/health", get(system::health))
+    .add(Method::GET, "/ready", get(system::ready))
     .add(Method::POST, "/pair/start", post(pairing::start))
     .add(Method::POST, "/pair/confirm", post(pairing::confirm))
     .add(Method::GET, "/v1/pairings", get(pairing::list))

@@ -1,7 +1,8 @@
 //! The web admin: its built files (`web-admin/dist`) served at `/`, on the same origin as the API
 //! so the browser's cookie session and CSRF header work without CORS. Paths of the API (`/v1/…`,
-//! `/pair/…`, `/health`) never fall through to it: an unknown API route is a JSON 404. Any other
-//! path without a file extension is a route of the single-page app and gets `index.html`.
+//! `/pair/…`, `/health`, `/ready`) never fall through to it: an unknown API route is a JSON 404.
+//! Any other path without a file extension is a route of the single-page app and gets
+//! `index.html`.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -16,7 +17,11 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
                    form-action 'self'; frame-ancestors 'none'";
 
 fn is_api(path: &str) -> bool {
-    path == "/v1" || path.starts_with("/v1/") || path.starts_with("/pair/") || path == "/health"
+    path == "/v1"
+        || path.starts_with("/v1/")
+        || path.starts_with("/pair/")
+        || path == "/health"
+        || path == "/ready"
 }
 
 fn content_type(path: &str) -> &'static str {
@@ -115,7 +120,7 @@ mod tests {
 
     #[test]
     fn api_paths_never_reach_the_web_admin() {
-        for p in ["/v1", "/v1/nope", "/pair/start", "/health"] {
+        for p in ["/v1", "/v1/nope", "/pair/start", "/health", "/ready"] {
             assert!(is_api(p), "{p}");
         }
         for p in ["/", "/nodes/1", "/assets/index.js", "/v1x"] {

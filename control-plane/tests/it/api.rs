@@ -18,7 +18,10 @@ fn is_envelope(v: &Value) -> bool {
     v["code"].is_string() && v["message"].is_string() && v.as_object().is_some_and(|o| o.len() == 2)
 }
 
-/// The sign-in surface: the only routes besides `/health` that take no bearer token.
+/// The probes: liveness and readiness, for Kubernetes and load balancers; no bearer token.
+const PROBES: &[&str] = &["/health", "/ready"];
+
+/// The sign-in surface: the only routes besides the [`PROBES`] that take no bearer token.
 const UNAUTHENTICATED: &[&str] = &[
     "/pair/start",
     "/pair/confirm",
@@ -32,15 +35,15 @@ const UNAUTHENTICATED: &[&str] = &[
 ];
 
 #[sqlx::test(migrator = "moltops_server::db::MIGRATOR")]
-async fn every_route_but_health_requires_a_valid_bearer_token(pool: PgPool) {
+async fn every_route_but_the_probes_requires_a_valid_bearer_token(pool: PgPool) {
     let (state, _) = state(pool).await;
     let ops = moltops_server::http::operations();
     assert!(ops.len() >= 10);
     for op in ops {
         let path = concrete(op.path);
         let (status, body) = call(&state, &op.method.to_uppercase(), &path, None, None).await;
-        if op.path == "/health" {
-            assert_eq!(status, StatusCode::OK);
+        if PROBES.contains(&op.path) {
+            assert_eq!(status, StatusCode::OK, "{} {path}: {body}", op.method);
             continue;
         }
         if UNAUTHENTICATED.contains(&op.path) {

@@ -42,12 +42,19 @@ const PENDING_SEED_OPERATIONS: &[Pending] = &[
 /// Seed paths that stay at the root; every other seed path is node-scoped.
 const ROOT_SEED_PATHS: &[&str] = &["/health", "/pair/start", "/pair/confirm"];
 
-/// `GET /health`: without authentication, and its 503 carries its own body, not the envelope.
+/// `GET /health` (liveness): without authentication, so probes can use it.
 const HEALTH: (&str, &str) = ("get", "/health");
 
-/// Besides [`HEALTH`], the only operations without bearer authentication (`security: []`): the
-/// sign-in surface, which exists to obtain a token. Every other operation must require one and
-/// declare 401.
+/// `GET /ready` (readiness): without authentication, so probes can use it, and its 503 carries
+/// its own body (`Readiness`), not the envelope.
+const READY: (&str, &str) = ("get", "/ready");
+
+/// The probes, [`HEALTH`] and [`READY`]: root paths, explicitly without authentication.
+const PROBES: &[(&str, &str)] = &[HEALTH, READY];
+
+/// Besides the [`PROBES`], the only operations without bearer authentication (`security: []`):
+/// the sign-in surface, which exists to obtain a token. Every other operation must require one
+/// and declare 401.
 const UNAUTHENTICATED_OPERATIONS: &[(&str, &str)] = &[
     ("post", "/pair/start"),
     ("post", "/pair/confirm"),
@@ -429,7 +436,7 @@ fn every_operation_has_an_operation_id_and_the_right_authentication() {
     );
     let mut ids = BTreeSet::new();
     let mut problems = Vec::new();
-    for &(method, path) in std::iter::once(&HEALTH).chain(UNAUTHENTICATED_OPERATIONS) {
+    for &(method, path) in PROBES.iter().chain(UNAUTHENTICATED_OPERATIONS) {
         if !ops.contains_key(&(method.to_owned(), path.to_owned())) {
             problems.push(format!(
                 "{} {path} is listed as unauthenticated but is not in api/openapi.yaml",
@@ -453,7 +460,7 @@ fn every_operation_has_an_operation_id_and_the_right_authentication() {
             }
         }
         let this = (method.as_str(), path.as_str());
-        if this == HEALTH || UNAUTHENTICATED_OPERATIONS.contains(&this) {
+        if PROBES.contains(&this) || UNAUTHENTICATED_OPERATIONS.contains(&this) {
             // Explicitly `security: []` on the operation, not merely inherited.
             let explicit_none = op
                 .get("security")
@@ -494,8 +501,16 @@ fn error_responses_use_the_error_envelope() {
             if !(status.starts_with('4') || status.starts_with('5')) {
                 continue;
             }
-            // `/health` answers 503 with its own body (status `unavailable`).
-            if (method.as_str(), path.as_str()) == HEALTH && status == "503" {
+            // `/ready` answers 503 with its own body (status `draining` or `unavailable`), which
+            // must be `Readiness`; nothing else is excused from the envelope.
+            if (method.as_str(), path.as_str()) == READY && status == "503" {
+                let schema = json_schema_ref(&doc, response);
+                if schema.as_deref() != Some("#/components/schemas/Readiness") {
+                    problems.push(format!(
+                        "GET /ready: response 503 is {}, not Readiness",
+                        schema.as_deref().unwrap_or("without a schema reference")
+                    ));
+                }
                 continue;
             }
             let schema = json_schema_ref(&doc, response);

@@ -12,6 +12,7 @@ mod deadlines;
 mod jobs;
 mod matrix;
 mod pairing;
+mod probes;
 mod registry;
 mod roles;
 mod web;
@@ -71,6 +72,7 @@ pub async fn state(pool: PgPool) -> (AppState, ManualClock) {
             moltops_server::oidc::Sso::new(Vec::new(), Some("http://cp.example:7337".into()))
                 .unwrap(),
         ),
+        draining: tokio_util::sync::CancellationToken::new(),
     };
     (state, clock)
 }

@@ -170,6 +170,7 @@ fn matrix() -> Vec<Row> {
     };
     vec![
         row("get", "/health", None, Anyone, Fleet),
+        row("get", "/ready", None, Anyone, Fleet),
         row("post", "/pair/start", None, Anyone, Fleet),
         row("post", "/pair/confirm", Some("{}"), Anyone, Fleet),
         row("post", "/v1/auth/refresh", Some("{}"), Anyone, Fleet),

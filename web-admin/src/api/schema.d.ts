@@ -12,10 +12,30 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Health check
-         * @description Unauthenticated, so load balancers can use it. 200 with status `ok` while the database answers (within 2 seconds), 503 with status `unavailable` otherwise. Reveals nothing else.
+         * Liveness check
+         * @description Liveness: 200 with status `ok` while this process serves HTTP. It asks nothing of the database, so a database outage (which every replica shares) does not make a liveness probe restart every replica at once; readiness is `GET /ready`. Unauthenticated, so probes and load balancers can use it. Reveals nothing else.
          */
         get: operations["getHealth"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/ready": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Readiness check
+         * @description Readiness of this replica to take new requests and agent streams: 200 with status `ready` while it is not shutting down and its database answers `select 1` within 2 seconds. 503 with status `draining` from the moment it received SIGTERM or SIGINT (it finishes what it has and exits within `drain_seconds`), or `unavailable` while its database does not answer. Unauthenticated, so probes and load balancers can use it; the 503 carries this body, not the error envelope. Reveals nothing else.
+         */
+        get: operations["getReady"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1671,11 +1691,25 @@ export interface components {
             /** @description What was found at `first_bad_seq`, e.g. `row 12 was altered (its hash does not match its content)`, `row 7 is missing (next row is 9)`, `row 8 does not link to the row before it`, `row 40 differs from the signed checkpoint of …: the chain was rewritten`, `the chain ends at 41 but a checkpoint signed at … covers row 57: rows were removed from the end`, or a checkpoint whose signature is not valid or whose key is unknown; null when `ok`. */
             problem: string | null;
         };
-        /** @description Control-plane health; `status` is `ok` or `unavailable`. */
+        /** @description Liveness of this replica (`GET /health`); `status` is `ok`. */
         Health: {
             /** @example ok */
             status: string;
             /** Format: date-time */
+            time: string;
+        };
+        /** @description Readiness of this replica (`GET /ready`). */
+        Readiness: {
+            /**
+             * @description `ready` (200); `draining`: shutting down, finishing what it has (503); `unavailable`: its database does not answer (503).
+             * @example ready
+             * @enum {string}
+             */
+            status: "ready" | "draining" | "unavailable";
+            /**
+             * Format: date-time
+             * @description The replica's clock when it answered.
+             */
             time: string;
         };
         /** @description A started pairing (`POST /pair/start`); the seed's fields plus `pairing_secret`. */
@@ -2259,7 +2293,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The control plane and its database are up. */
+            /** @description The process is serving. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -2275,19 +2309,40 @@ export interface operations {
                 };
             };
             413: components["responses"]["PayloadTooLarge"];
-            /** @description The database does not answer. */
-            503: {
+        };
+    };
+    getReady: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Ready for new requests. */
+            200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     /**
                      * @example {
-                     *       "status": "unavailable",
+                     *       "status": "ready",
                      *       "time": "2025-01-01T12:00:00Z"
                      *     }
                      */
-                    "application/json": components["schemas"]["Health"];
+                    "application/json": components["schemas"]["Readiness"];
+                };
+            };
+            413: components["responses"]["PayloadTooLarge"];
+            /** @description Not ready: shutting down (`draining`), or the database does not answer (`unavailable`). */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Readiness"];
                 };
             };
         };
