@@ -199,6 +199,8 @@ pub struct ReconnectFigures {
     pub all_back_s: f64,
     /// From the drop until the API listed every node online again.
     pub all_online_s: f64,
+    /// Stream requests the control plane answered with an error status until all were back.
+    pub refused: u64,
     /// A ping fan-out during which every agent dropped its stream after running the command and
     /// before sending the result.
     pub mid_command: FanoutFigures,
@@ -229,7 +231,7 @@ pub struct RestartFigures {
     /// Connection attempts that failed at the transport (mostly while no process listened).
     pub transport_failures: u64,
     /// A ping fan-out once all were back: exactly once.
-    pub after: FanoutFigures,
+    pub after: Option<FanoutFigures>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -457,9 +459,11 @@ async fn run_steps(
     }
 
     if config.wants(Scenario::Reconnect) {
+        let before = fleet.counters();
         let dropped = Instant::now();
         fleet.drop_all();
         let back = fleet.wait_connected(config.deadline).await?;
+        let refused = fleet.counters().server_refusals - before.server_refusals;
         fleet::wait_online(&api, &selector, config.agents, config.deadline).await?;
         let online = dropped.elapsed();
         fleet.drop_mid_next_command();
@@ -470,7 +474,7 @@ async fn run_steps(
         )
         .await?;
         log(&format!(
-            "reconnect  {} streams dropped: all acknowledged again after {:.2} s, all online per the API after {:.2} s",
+            "reconnect  {} streams dropped: all acknowledged again after {:.2} s, all online per the API after {:.2} s; {refused} stream requests refused meanwhile",
             config.agents,
             back.as_secs_f64(),
             online.as_secs_f64()
@@ -484,6 +488,7 @@ async fn run_steps(
             agents: config.agents,
             all_back_s: back.as_secs_f64(),
             all_online_s: online.as_secs_f64(),
+            refused,
             mid_command,
         });
         checked?;
@@ -511,9 +516,16 @@ async fn run_steps(
             figures.refused_by_new_server,
             figures.transport_failures
         ));
-        log(&format!("restart    (then) {}", figures.after.brief()));
-        let checked = figures.after.check();
-        report.restart = Some(figures);
+        let figures = report.restart.insert(figures);
+        let after = fanout(
+            &api,
+            fleet,
+            &fanout_options(config, FanoutCommand::Ping, "restart", false),
+        )
+        .await?;
+        log(&format!("restart    (then) {}", after.brief()));
+        let checked = after.check();
+        figures.after = Some(after);
         checked?;
     }
     report.agent_counters = fleet.counters();
@@ -581,12 +593,6 @@ async fn restart(
     let online = started.elapsed();
     let after_back = fleet.counters();
     let rss_after = procfs::sample(Pid::Other(pid))?.rss_bytes;
-    let after = fanout(
-        api,
-        fleet,
-        &fanout_options(config, FanoutCommand::Ping, "restart", false),
-    )
-    .await?;
     let peak = intervals.iter().copied().fold(0.0_f64, f64::max);
     let mean = if intervals.is_empty() {
         0.0
@@ -605,7 +611,7 @@ async fn restart(
         rss_after_bytes: rss_after,
         refused_by_new_server: after_back.server_refusals - at_start.server_refusals,
         transport_failures: after_back.connect_failures - before.connect_failures,
-        after,
+        after: None,
     })
 }
 

@@ -279,7 +279,7 @@ async fn a_whole_run_with_every_scenario_reports_every_figure() {
     assert_eq!(restart.agents, N);
     assert_eq!(restart.refused_by_new_server, 0);
     assert!(restart.rss_after_bytes > 0);
-    assert_exactly_once(&restart.after, N);
+    assert_exactly_once(restart.after.as_ref().unwrap(), N);
     let new_pid = server.lock().await.pid().unwrap();
     assert_ne!(new_pid, first_pid);
     // Nodes carry the extra label too.
