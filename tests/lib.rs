@@ -937,20 +937,37 @@ impl JobEvents {
 /// A TCP relay on loopback in front of `target`, whose live connections can be cut at once (a
 /// network break between an agent and the control plane) while it keeps accepting new ones. It
 /// runs on its own thread, so blocking calls in a test (enrolling) do not stall it.
+///
+/// With several targets ([`Relay::front`]) it is the Service in front of the replicas: each new
+/// connection goes to the first target that accepts it, so a replica that stopped accepting
+/// (draining, or gone) is passed over, as a Service passes over a pod that is not ready.
 pub struct Relay {
     pub address: String,
     cut: watch::Sender<u64>,
     stop: watch::Sender<bool>,
+    forwarded: Arc<Vec<std::sync::atomic::AtomicU64>>,
 }
 
 impl Relay {
     pub async fn start(target: String) -> Self {
+        Self::front(vec![target]).await
+    }
+
+    /// A front for several targets, tried in order for every new connection.
+    pub async fn front(targets: Vec<String>) -> Self {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std_listener.set_nonblocking(true).unwrap();
         let address = format!("localhost:{}", std_listener.local_addr().unwrap().port());
         let (cut, _) = watch::channel(0u64);
         let (stop, mut stopped) = watch::channel(false);
         let cuts = cut.clone();
+        let forwarded: Arc<Vec<_>> = Arc::new(
+            targets
+                .iter()
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        );
+        let counts = forwarded.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -966,26 +983,45 @@ impl Relay {
                     let Ok((mut inbound, _)) = accepted else {
                         return;
                     };
-                    let target = target.clone();
+                    let targets = targets.clone();
+                    let counts = counts.clone();
                     let mut cut = cuts.subscribe();
                     tokio::spawn(async move {
-                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        for (index, target) in targets.iter().enumerate() {
+                            let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await
+                            else {
+                                continue;
+                            };
+                            counts[index].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                _ = cut.changed() => {}
+                            }
                             return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cut.changed() => {}
                         }
                     });
                 }
             });
         });
-        Self { address, cut, stop }
+        Self {
+            address,
+            cut,
+            stop,
+            forwarded,
+        }
     }
 
     /// Drops every connection open now.
     pub fn cut(&self) {
         self.cut.send_modify(|n| *n += 1);
+    }
+
+    /// How many connections went to each target so far, in the order given.
+    pub fn forwarded(&self) -> Vec<u64> {
+        self.forwarded
+            .iter()
+            .map(|n| n.load(std::sync::atomic::Ordering::SeqCst))
+            .collect()
     }
 }
 

@@ -269,11 +269,17 @@ pub async fn serve(
         state: state.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    // Every stream is closed the moment the drain starts, by a task of its own: not from tonic's
+    // shutdown signal, which tonic stops polling once `incoming` ends — and the accept loop above
+    // ends `incoming` on this same cancellation, so whichever tonic saw first decided whether the
+    // agents were told to go or the drain sat out its deadline with their streams open.
     let hub = state.hub.clone();
-    let signal = async move {
-        shutdown.cancelled().await;
+    let drain = shutdown.clone();
+    tokio::spawn(async move {
+        drain.cancelled().await;
         hub.close_all();
-    };
+    });
+    let signal = shutdown.cancelled_owned();
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

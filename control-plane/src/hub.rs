@@ -71,14 +71,20 @@ impl Hub {
     }
 
     /// Registers a new stream for `node_id`; an older stream of the same node on this replica
-    /// is closed (the agent reconnected, so that one is stale).
+    /// is closed (the agent reconnected, so that one is stale). A stream registered once this
+    /// replica is shutting down is closed at once, so none outlives the start of a drain.
     pub fn register(&self, node_id: Uuid, handle: SessionHandle) {
         let previous = match self.sessions.lock() {
-            Ok(mut map) => map.insert(node_id, handle),
+            Ok(mut map) => map.insert(node_id, handle.clone()),
             Err(_) => None,
         };
         if let Some(old) = previous {
             old.cancel.cancel();
+        }
+        // After the insert: either `close_all` (which cancels `closing` before it walks the map)
+        // finds this handle, or this sees `closing` cancelled.
+        if self.closing.is_cancelled() {
+            close_with(&handle, Status::unavailable("control plane shutting down"));
         }
     }
 
@@ -238,4 +244,41 @@ async fn catch_up(pool: &PgPool, hub: &Hub, authz: &Authz) -> Result<(), sqlx::E
     }
     hub.wake_all();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: u128) -> (SessionHandle, mpsc::Receiver<Result<ServerMessage, Status>>) {
+        let (outbound, rx) = mpsc::channel(4);
+        let handle = SessionHandle {
+            session_id: Uuid::from_u128(id),
+            outbound,
+            wake: Arc::new(Notify::new()),
+            cancel: CancellationToken::new(),
+        };
+        (handle, rx)
+    }
+
+    fn closed_for_shutdown(
+        handle: &SessionHandle,
+        rx: &mut mpsc::Receiver<Result<ServerMessage, Status>>,
+    ) -> bool {
+        handle.cancel.is_cancelled()
+            && matches!(rx.try_recv(), Ok(Err(status)) if status.code() == tonic::Code::Unavailable)
+    }
+
+    #[test]
+    fn a_drain_closes_every_stream_including_one_that_arrives_during_it() {
+        let hub = Hub::default();
+        let (held, mut held_rx) = handle(1);
+        hub.register(Uuid::from_u128(10), held.clone());
+        hub.close_all();
+        assert!(closed_for_shutdown(&held, &mut held_rx));
+        assert!(hub.closing().is_cancelled());
+        let (late, mut late_rx) = handle(2);
+        hub.register(Uuid::from_u128(11), late.clone());
+        assert!(closed_for_shutdown(&late, &mut late_rx));
+    }
 }

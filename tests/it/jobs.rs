@@ -9,7 +9,7 @@ use moltops_e2e::{
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn finished(fx: &Fixture, job_id: &str) -> Value {
+pub(crate) async fn finished(fx: &Fixture, job_id: &str) -> Value {
     wait_for("the job to end", || async {
         let (_, job) = fx.api.get(&format!("/v1/jobs/{job_id}")).await;
         matches!(
@@ -28,7 +28,7 @@ async fn installed(fx: &Fixture, extra: &[&str]) -> (String, std::path::PathBuf,
     installed_via(fx, extra, None).await
 }
 
-async fn installed_via(
+pub(crate) async fn installed_via(
     fx: &Fixture,
     extra: &[&str],
     relay: Option<&str>,
@@ -71,7 +71,7 @@ async fn installed_via(
     (node, scenario, agent)
 }
 
-async fn action(fx: &Fixture, node: &str, action: &str, timeout: u64) -> String {
+pub(crate) async fn action(fx: &Fixture, node: &str, action: &str, timeout: u64) -> String {
     let (status, accepted) = fx
         .api
         .confirmed(

@@ -6,6 +6,7 @@
 
 mod audit;
 mod cli;
+mod drain;
 mod enrollment;
 mod gateway;
 mod https;
