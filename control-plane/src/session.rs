@@ -228,7 +228,7 @@ impl Session {
                 self.dispatch().await
             }
             Some(AgentBody::Heartbeat(beat)) => {
-                let outcome = fleet::record_heartbeat(
+                let recorded = fleet::record_heartbeat(
                     &self.state.pool,
                     node_id,
                     self.handle.session_id,
@@ -236,8 +236,19 @@ impl Session {
                     beat.gateway.as_ref(),
                     now,
                 )
-                .await
-                .map_err(internal)?;
+                .await;
+                let outcome = match recorded {
+                    Ok(outcome) => outcome,
+                    // A database too busy to take one heartbeat is no reason to close the stream:
+                    // the next one is written, and liveness allows three missed intervals.
+                    // Closing would send the agent into a reconnect that asks more of the same
+                    // busy database (measured: at 10,000 agents that cascaded into a storm).
+                    Err(e) if is_transient(&e) => {
+                        tracing::warn!(%node_id, error = %e, "heartbeat not recorded (database busy); the stream stays open");
+                        return Ok(());
+                    }
+                    Err(e) => return Err(internal(e)),
+                };
                 if outcome.revoked {
                     return Err(Status::permission_denied(REVOKED_MESSAGE));
                 }
@@ -335,12 +346,29 @@ impl Session {
             return Ok(());
         }
         let now = self.state.clock.now();
-        let mut tx = self.state.pool.begin().await.map_err(internal)?;
-        let claimed =
-            jobs::claim_queued_commands(&mut tx, self.node_id, self.handle.session_id, now, room)
-                .await
-                .map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
+        let claim = async {
+            let mut tx = self.state.pool.begin().await?;
+            let claimed = jobs::claim_queued_commands(
+                &mut tx,
+                self.node_id,
+                self.handle.session_id,
+                now,
+                room,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(claimed)
+        };
+        let claimed = match claim.await {
+            Ok(claimed) => claimed,
+            // Nothing was claimed, so the commands are still queued: the next wake-up or
+            // heartbeat tries again. The stream stays open (see the heartbeat case).
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(node_id = %self.node_id, error = %e, "commands not claimed (database busy); trying again at the next wake-up");
+                return Ok(());
+            }
+            Err(e) => return Err(internal(e)),
+        };
         for claimed in claimed {
             let payload = &claimed.payload;
             let kind = match claimed.kind.as_str() {
@@ -521,4 +549,25 @@ fn bounded(text: &str, max: usize) -> String {
 /// A string field of a command's payload ('' when absent).
 fn payload_str(payload: &serde_json::Value, key: &str) -> String {
     payload[key].as_str().unwrap_or_default().to_owned()
+}
+
+/// A database error that says "busy", not "wrong": waiting for a pooled connection timed out, or
+/// the connection failed underneath. Retrying later is the answer.
+fn is_transient(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+
+    #[test]
+    fn only_a_busy_or_broken_connection_is_transient() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::PoolClosed));
+    }
 }
