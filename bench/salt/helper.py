@@ -6,7 +6,7 @@ Subcommands:
   alive PGIDS_FILE MASTER_PGID    number of live (non-zombie) processes in those process groups
   cpu PGIDS_FILE MASTER_PGID      "<master_cpu_ms> <minions_cpu_ms>" used so far by those groups
   timeit OUT ERR -- CMD...        run CMD, print "<wall_ms> <cpu_ms of CMD> <exit code>"
-  count OUT_FILE                  "<true> <total>" for a `salt --out=json --static` output file
+  count OUT_FILE                  "<true> <total>" for a `salt --out=json` output file
   summary STATE_FILE              final JSON line (stdout) and human summary (stderr)
   memavail                        MemAvailable in MiB
 """
@@ -96,16 +96,23 @@ def cmd_mem(pgids_file, master_pgid):
 
 
 def _load_salt_json(path):
+    """Merge every JSON object in a `salt --out=json` output: without --static the CLI prints
+    one object per minion as its return arrives."""
     with open(path, errors="replace") as f:
         text = f.read()
-    start = text.find("{")
-    if start < 0:
-        return {}
-    try:
-        obj, _ = json.JSONDecoder().raw_decode(text[start:])
-    except ValueError:
-        return {}
-    return obj if isinstance(obj, dict) else {}
+    merged = {}
+    dec = json.JSONDecoder()
+    pos = text.find("{")
+    while 0 <= pos < len(text):
+        try:
+            obj, end = dec.raw_decode(text, pos)
+        except ValueError:
+            pos = text.find("{", pos + 1)
+            continue
+        if isinstance(obj, dict):
+            merged.update(obj)
+        pos = text.find("{", end)
+    return merged
 
 
 def cmd_alive(pgids_file, master_pgid):
@@ -219,6 +226,7 @@ def cmd_summary(state_file):
         "minions_cpu_ms_p50": _med(st.get("minions_cpu_ms")),
         "idle_cpu_ms_per_s": st.get("idle_cpu_ms_per_s"),
         "loadavg1_before_runs": st.get("load1"),
+        "jobs_published_per_run": st.get("jobs_per_run"),
         "returned_true": counts,
         "all_returned": all(c == n for c in counts),
         "noop_cli_ms_p50": round(statistics.median(noop), 1) if noop else None,
@@ -250,6 +258,7 @@ def cmd_summary(state_file):
           f"(each: {out['wall_ms']})", file=h)
     print(f"CPU per run (p50 ms): salt CLI {out['cli_cpu_ms_p50']}, master {out['master_cpu_ms_p50']}, "
           f"all minions {out['minions_cpu_ms_p50']}; idle fleet CPU ms/s {out['idle_cpu_ms_per_s']}; 1-min loadavg before each run {out['loadavg1_before_runs']}", file=h)
+    print(f"jobs published per run (job cache): {out['jobs_published_per_run']}", file=h)
     print(f"returned True per run: {counts}  all returned: {'yes' if out['all_returned'] else 'NO'}", file=h)
     print(f"salt CLI with no matching minion (CLI/connect overhead) p50 ms: {out['noop_cli_ms_p50']}", file=h)
     print(f"start-up: keys accepted after {out['keys_accepted_s']} s, all answer after "

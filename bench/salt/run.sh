@@ -5,13 +5,14 @@
 # Usage: bench/salt/run.sh [--minions N] [--runs R] [--workdir DIR] [--timeout T]
 #                          [--batch B] [--multiprocessing true|false] [--worker-threads W]
 #                          [--publish-port P] [--ret-port P] [--ready-deadline S]
-#                          [--mem-budget-mib M] [--mem-floor-mib M] [--json-out FILE]
+#                          [--mem-budget-mib M] [--mem-floor-mib M] [--minion-nice 0..19]
+#                          [--json-out FILE]
 # Every option also reads an environment variable (SALT_BENCH_MINIONS, SALT_BENCH_RUNS,
 # SALT_BENCH_DIR, SALT_BENCH_TIMEOUT, SALT_BENCH_BATCH, SALT_BENCH_MULTIPROCESSING,
 # SALT_BENCH_WORKER_THREADS, SALT_BENCH_PUBLISH_PORT, SALT_BENCH_RET_PORT,
 # SALT_BENCH_READY_DEADLINE, SALT_BENCH_MEM_BUDGET_MIB, SALT_BENCH_MEM_FLOOR_MIB,
-# SALT_BENCH_JSON_OUT). Progress and the human summary go to stderr; the last stdout line is
-# the JSON summary.
+# SALT_BENCH_MINION_NICE, SALT_BENCH_JSON_OUT). Progress and the human summary go to stderr;
+# the last stdout line is the JSON summary.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,10 +30,12 @@ READY_DEADLINE=${SALT_BENCH_READY_DEADLINE:-900}   # s, from first minion start 
 MEM_BUDGET_MIB=${SALT_BENCH_MEM_BUDGET_MIB:-12288}  # abort before our total PSS would exceed it
 MEM_FLOOR_MIB=${SALT_BENCH_MEM_FLOOR_MIB:-4096}     # abort if the machine's MemAvailable drops below
 JSON_OUT=${SALT_BENCH_JSON_OUT:-}
+MINION_NICE=${SALT_BENCH_MINION_NICE:-10}          # minions share 2 cores with the master: see README
 MASTER_DEADLINE=120   # s for the master to listen
 BATCH_DEADLINE=300    # s for one batch of minions to get its keys accepted
 STOP_DEADLINE=90      # s for every process to exit after SIGTERM, then SIGKILL
-POLL_TIMEOUT=20       # salt -t of each readiness poll
+POLL_TIMEOUT=60       # salt -t of each readiness poll
+POLL_PAUSE=10         # s between readiness polls (each poll is itself a fan-out that loads the fleet)
 
 die() { echo "salt-bench: ERROR: $*" >&2; exit 1; }
 log() { echo "salt-bench: $(date +%H:%M:%S) $*" >&2; }
@@ -58,15 +61,17 @@ while [ $# -gt 0 ]; do
         --mem-budget-mib) MEM_BUDGET_MIB=$2; shift 2 ;;
         --mem-floor-mib) MEM_FLOOR_MIB=$2; shift 2 ;;
         --json-out) JSON_OUT=$2; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --minion-nice) MINION_NICE=$2; shift 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
-for v in N R T BATCH WORKERS PUB_PORT RET_PORT READY_DEADLINE MEM_BUDGET_MIB MEM_FLOOR_MIB; do
+for v in N R T BATCH WORKERS PUB_PORT RET_PORT READY_DEADLINE MEM_BUDGET_MIB MEM_FLOOR_MIB MINION_NICE; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
 done
 [ "$N" -ge 1 ] && [ "$N" -le 99999 ] || die "--minions must be 1..99999"
 [ "$R" -ge 1 ] || die "--runs must be >= 1"
+[ "$MINION_NICE" -le 19 ] || die "--minion-nice must be 0..19"
 case "$MULTIPROC" in true|false) ;; *) die "--multiprocessing must be true or false" ;; esac
 
 HELPER="python3 $HERE/helper.py"
@@ -75,6 +80,9 @@ RUN=$WORK/run                 # wiped on every invocation
 MDIR=$RUN/master
 PGIDS=$RUN/minion-pgids       # one process-group id per started minion
 mkdir -p "$WORK"
+exec 9> "$WORK/.lock"
+flock -n 9 || die "another run.sh is using $WORK (lock $WORK/.lock)"
+rm -f "$PGIDS"                # a previous run's ids: never signal them (pids get reused)
 
 # ---------------------------------------------------------------- cleanup (always)
 MASTER_PGID=""
@@ -139,7 +147,7 @@ mkdir -p "$MDIR" "$RUN/m"
 : > "$PGIDS"
 START_MEMAVAIL=$($HELPER memavail)
 START_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
-log "N=$N R=$R timeout=${T}s batch=$BATCH multiprocessing=$MULTIPROC workers=$WORKERS ports=$PUB_PORT/$RET_PORT"
+log "N=$N R=$R timeout=${T}s batch=$BATCH multiprocessing=$MULTIPROC workers=$WORKERS minion-nice=$MINION_NICE ports=$PUB_PORT/$RET_PORT"
 log "MemAvailable ${START_MEMAVAIL} MiB, loadavg $START_LOAD, salt $SALT_VERSION, python $PY_VERSION"
 
 # ---------------------------------------------------------------- master
@@ -175,6 +183,9 @@ done
 log "salt-master listening"
 
 SALT=("$VENV/bin/salt" -c "$MDIR")
+# every CLI call also has a hard bound (salt's own -t can be extended by its find_job checks)
+poll_cmd=(timeout -k 10 $((POLL_TIMEOUT * 3)) "${SALT[@]}")
+run_cmd=(timeout -k 10 $((T * 3)) "${SALT[@]}")
 
 # ---------------------------------------------------------------- minions
 mid() { printf 'bench-minion-%05d' "$1"; }
@@ -244,7 +255,10 @@ while [ "$launched" -lt "$N" ]; do
         d=$RUN/m/$(printf '%05d' "$i")
         # --disable-keepalive: run the minion in this process instead of a supervisor parent
         # plus a forked child (halves the process count, saves ~26 MiB PSS per minion).
-        setsid "$VENV/bin/salt-minion" -c "$d" --disable-keepalive > "$d/stdout.log" 2>&1 < /dev/null &
+        # nice: in a real fleet each minion has its own host; here N minions share 2 cores with
+        # the master, and at default priority their CPU starves the master's workers.
+        nice -n "$MINION_NICE" setsid "$VENV/bin/salt-minion" -c "$d" --disable-keepalive \
+            > "$d/stdout.log" 2>&1 < /dev/null &
         echo $! >> "$PGIDS"
     done
     launched=$upto
@@ -262,13 +276,13 @@ T_KEYS=$(now)
 end=$((START_SEC + READY_DEADLINE))
 got=0
 while :; do
-    "${SALT[@]}" '*' test.ping --timeout="$POLL_TIMEOUT" --out=json --static > "$RUN/ready.json" 2> "$RUN/ready.err" || true
+    "${poll_cmd[@]}" '*' test.ping --timeout="$POLL_TIMEOUT" --out=json > "$RUN/ready.json" 2> "$RUN/ready.err" || true
     read -r got total < <($HELPER count "$RUN/ready.json")
     [ "$got" -eq "$N" ] && break
     check_minions_alive
     log "readiness: $got/$N minions answered test.ping"
     [ $SECONDS -lt $end ] || die "only $got/$N minions answered test.ping within --ready-deadline ${READY_DEADLINE}s of the first minion start (see $RUN/ready.json)"
-    sleep 2
+    sleep "$POLL_PAUSE"
 done
 T_READY=$(now)
 KEYS_S=$(elapsed "$T_START" "$T_KEYS")
@@ -277,19 +291,25 @@ log "all $N minions answer test.ping, ${STARTUP_S}s after the first minion start
 sample_mem
 
 # ---------------------------------------------------------------- measurement
+# Plain `salt '*' test.ping --out=json`, no --static: in salt 3008 --static goes through the CLI's
+# batch path (salt/cli/salt.py), which first pings every target to discover it and then publishes
+# the job again as a 100% batch, i.e. two test.ping fan-outs per command.
+jobs_in_cache() { find "$MDIR/cache/jobs" -mindepth 3 -maxdepth 3 -name jid 2>/dev/null | wc -l; }
 log "warm-up run (not counted)"
-"${SALT[@]}" '*' test.ping --timeout="$T" --out=json --static > "$RUN/warmup.json" 2>&1 || true
-WALLS=(); COUNTS=(); CLI_CPU=(); M_CPU=(); N_CPU=(); LOAD1=()
+"${run_cmd[@]}" '*' test.ping --timeout="$T" --out=json > "$RUN/warmup.json" 2>&1 || true
+WALLS=(); COUNTS=(); CLI_CPU=(); M_CPU=(); N_CPU=(); LOAD1=(); JOBS=()
 for r in $(seq 1 "$R"); do
     LOAD1+=("$(cut -d' ' -f1 /proc/loadavg)")
+    j0=$(jobs_in_cache)
     read -r mc0 nc0 < <($HELPER cpu "$PGIDS" "$MASTER_PGID")
     read -r ms cli_cpu rc < <($HELPER timeit "$RUN/run-$r.json" "$RUN/run-$r.err" -- \
-        "${SALT[@]}" '*' test.ping --timeout="$T" --out=json --static)
+        "${run_cmd[@]}" '*' test.ping --timeout="$T" --out=json)
     read -r mc1 nc1 < <($HELPER cpu "$PGIDS" "$MASTER_PGID")
+    jobs=$(( $(jobs_in_cache) - j0 ))
     read -r got total < <($HELPER count "$RUN/run-$r.json")
     [ "$got" -eq "$N" ] || log "WARNING: run $r: only $got/$N minions returned True (salt exit $rc, see $RUN/run-$r.json)"
-    log "run $r/$R: ${ms} ms wall, $got/$N returned True; CPU ms: cli $cli_cpu, master $((mc1 - mc0)), minions $((nc1 - nc0))"
-    WALLS+=("$ms"); COUNTS+=("$got"); CLI_CPU+=("$cli_cpu"); M_CPU+=("$((mc1 - mc0))"); N_CPU+=("$((nc1 - nc0))")
+    log "run $r/$R: ${ms} ms wall, $got/$N returned True, $jobs job(s) published; CPU ms: cli $cli_cpu, master $((mc1 - mc0)), minions $((nc1 - nc0))"
+    WALLS+=("$ms"); COUNTS+=("$got"); CLI_CPU+=("$cli_cpu"); M_CPU+=("$((mc1 - mc0))"); N_CPU+=("$((nc1 - nc0))"); JOBS+=("$jobs")
 done
 # background CPU of the idle fleet (no job running), to read the per-run CPU figures against
 IDLE_S=10
@@ -301,7 +321,7 @@ log "idle: master ${IDLE_MASTER} CPU ms/s, all minions ${IDLE_MINIONS} CPU ms/s"
 # the salt CLI's own cost: same command, a target that matches no minion
 NOOPS=()
 for r in $(seq 1 "$R"); do
-    read -r ms _ _ < <($HELPER timeit /dev/null /dev/null -- "${SALT[@]}" 'no-such-minion-*' test.ping --timeout="$T" --out=json --static)
+    read -r ms _ _ < <($HELPER timeit /dev/null /dev/null -- "${run_cmd[@]}" 'no-such-minion-*' test.ping --timeout="$T" --out=json)
     NOOPS+=("$ms")
 done
 sample_mem
@@ -313,12 +333,12 @@ cat > "$STATE" <<EOF
 {"date": "$(date -u +%F)", "salt_version": "$SALT_VERSION", "python_version": "$PY_VERSION",
  "host": {"cores": $(nproc), "mem_total_mib": $(( $(awk '/^MemTotal:/{print $2}' /proc/meminfo) / 1024 ))},
  "config": {"multiprocessing": $MULTIPROC, "worker_threads": $WORKERS, "keepalive": false,
-            "start_batch": $BATCH, "publish_port": $PUB_PORT, "ret_port": $RET_PORT},
+            "start_batch": $BATCH, "minion_nice": $MINION_NICE, "publish_port": $PUB_PORT, "ret_port": $RET_PORT},
  "minions": $N, "timeout_s": $T,
  "wall_ms": [$(join "${WALLS[@]}")], "returned": [$(join "${COUNTS[@]}")],
  "noop_ms": [$(join "${NOOPS[@]}")],
  "cli_cpu_ms": [$(join "${CLI_CPU[@]}")], "master_cpu_ms": [$(join "${M_CPU[@]}")],
- "minions_cpu_ms": [$(join "${N_CPU[@]}")],
+ "minions_cpu_ms": [$(join "${N_CPU[@]}")], "jobs_per_run": [$(join "${JOBS[@]}")],
  "idle_cpu_ms_per_s": {"master": $IDLE_MASTER, "minions": $IDLE_MINIONS}, "load1": [$(join "${LOAD1[@]}")],
  "startup_s": $STARTUP_S, "keys_s": $KEYS_S,
  "mem": $MEM_JSON, "peak_pss_kib": $PEAK_PSS,
