@@ -194,6 +194,14 @@ async fn an_agent_installs_runs_restarts_and_stops_its_gateway_with_every_step_v
     let orphan = std::fs::read_to_string(state.join("gateway.pid")).unwrap();
     let orphan = orphan.trim().to_owned();
     assert!(!orphan.is_empty());
+    // The report about the orphan, which stays on record until the new agent reports its own
+    // gateway: the wait below must not mistake it for the new one.
+    let (_, orphan_report) = fx
+        .api
+        .get(&format!("/v1/nodes/{node}/moltbot/status"))
+        .await;
+    let orphan_started = orphan_report["last_start_time"].clone();
+    assert!(orphan_started.is_string(), "{orphan_report}");
     agent.kill();
     assert!(
         std::path::Path::new(&format!("/proc/{orphan}")).exists(),
@@ -236,6 +244,7 @@ async fn an_agent_installs_runs_restarts_and_stops_its_gateway_with_every_step_v
                 .await;
             (current.trim() != orphan
                 && !current.trim().is_empty()
+                && s["last_start_time"] != orphan_started
                 && s["gateway_connected"] == true
                 && gateways_on_port() == 1)
                 .then_some(())
