@@ -447,6 +447,18 @@ impl Api {
         .await
     }
 
+    /// Waits until the node's gateway status says it answers ready on its own health endpoint;
+    /// returns that status report.
+    pub async fn gateway_ready(&self, node_id: &str, what: &str) -> Value {
+        wait_for(what, || async {
+            let (_, s) = self
+                .get(&format!("/v1/nodes/{node_id}/moltbot/status"))
+                .await;
+            (s["gateway_connected"] == true).then_some(s)
+        })
+        .await
+    }
+
     /// Queues a ping and waits for its pong.
     pub async fn ping(&self, node_id: &str) -> Value {
         let (status, command) = self

@@ -170,14 +170,10 @@ async fn a_draining_replica_hands_its_agent_and_the_command_in_flight_to_another
         .filter(|l| l.contains("running a command") && l.contains(&job_id))
         .count();
     assert_eq!(started, 1, "agent log:\n{}", agent.log_text());
-    let status = wait_for("the restart in the status", || async {
-        let (_, s) = fx
-            .api
-            .get(&format!("/v1/nodes/{node}/moltbot/status"))
-            .await;
-        (s["gateway_connected"] == true).then_some(s)
-    })
-    .await;
+    let status = fx
+        .api
+        .gateway_ready(&node, "the restart in the status")
+        .await;
     assert_eq!(status["restart_count_24h"], 1, "{status}");
 
     // The next command is delivered by B (A is gone), the first time.

@@ -379,14 +379,7 @@ async fn real_openclaw_installs_from_npm_through_the_egress_path_and_runs_ready(
             .map(|c| c["bytes_down"].as_u64().unwrap_or(0))
             .sum::<u64>()
     );
-    let status = wait_for("OpenClaw reported ready", || async {
-        let (_, s) = fx
-            .api
-            .get(&format!("/v1/nodes/{node}/moltbot/status"))
-            .await;
-        (s["gateway_connected"] == true).then_some(s)
-    })
-    .await;
+    let status = fx.api.gateway_ready(&node, "OpenClaw reported ready").await;
     assert_eq!(status["version"], "2026.9.1");
     let t = std::time::Instant::now();
     let restarted = action(&fx, &node, "restart").await;
@@ -483,14 +476,10 @@ async fn a_command_in_flight_during_a_control_plane_restart_runs_exactly_once() 
             .then_some(())
     })
     .await;
-    let status = wait_for("the status after the restart", || async {
-        let (_, s) = fx
-            .api
-            .get(&format!("/v1/nodes/{node}/moltbot/status"))
-            .await;
-        (s["gateway_connected"] == true).then_some(s)
-    })
-    .await;
+    let status = fx
+        .api
+        .gateway_ready(&node, "the status after the restart")
+        .await;
     assert_eq!(
         status["restart_count_24h"], 1,
         "restarted exactly once: {status}"

